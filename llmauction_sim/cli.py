@@ -1,0 +1,238 @@
+"""The `llmauction` command line. Every command takes --config FILE and --set section.field=value."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from llmauction_sim.config import ConfigError, RunConfig, field_docs
+from llmauction_sim.lm.registry import ModelNotFoundError
+
+# Everything runs offline: models come from packages or local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--config", type=Path, help="TOML file with config sections "
+                       "(see `llmauction config show`)")
+    group.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.FIELD=VALUE",
+                       help="override one config field; repeatable, e.g. --set ad_sampling.top_k=50")
+    group.add_argument("--seed", type=int, help="the one seed every random draw derives from")
+
+
+def _resolve_config(args: argparse.Namespace, extra: list[str] = ()) -> RunConfig:
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    overrides += list(extra)
+    if args.config:
+        return RunConfig.load(args.config, overrides)
+    return RunConfig().with_overrides(overrides)
+
+
+def _opt(name: str, value) -> list[str]:
+    return [] if value is None else [f"{name}={value}"]
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------------
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from llmauction_sim.data import build_dataset
+
+    config = _resolve_config(args, _opt("data.profiles", args.profiles)
+                             + _opt("data.queries_per_profile", args.queries_per_profile)
+                             + _opt("data.query_writer", args.writer))
+    result = build_dataset(config, args.out, progress=not args.quiet)
+    state = "reused existing build in" if result.reused else "wrote"
+    print(f"{state} {result.out}: {result.num_profiles} profiles, {result.num_queries} queries "
+          f"({result.seconds:.0f} s)")
+    if result.short_profiles:
+        print(f"note: {result.short_profiles} profiles got fewer than "
+              f"{config.data.queries_per_profile} valid queries after "
+              f"{config.data.max_attempts} attempts; rejected candidates: {result.rejected}")
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from llmauction_sim.data import load_dataset
+    from llmauction_sim.demo import answer_queries
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+    from llmauction_sim.lm.hf import load_language_model
+
+    config = _resolve_config(args, _opt("retrieval.num_candidates", args.num_candidates))
+    profiles, queries = load_dataset(args.data)
+    queries = queries[queries["split"] == args.split] if args.split != "all" else queries
+    if queries.empty:
+        raise ConfigError(f"{args.data} has no '{args.split}' queries; use --split all or "
+                          "build more profiles")
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(queries), size=min(args.num_queries, len(queries)),
+                                replace=False))
+    queries = queries.iloc[chosen]
+    catalog = load_catalog(config.data.catalog)
+    retriever = CandidateRetriever(catalog, load_encoder(config.retrieval.encoder),
+                                   config.retrieval.num_candidates,
+                                   config.retrieval.profile_weight)
+    lm = load_language_model(config.ad_llm, seed=config.seed)
+    start = time.time()
+    answers = answer_queries(config, lm, retriever, catalog, profiles, queries, rng)
+    seconds = time.time() - start
+    for a in answers:
+        print(f"\n=== {a.query_id} {a.profile.user_id} ({a.profile.describe()})")
+        print(f"Q: {a.query}")
+        print("candidates: " + ", ".join(f"{ad_id} bid {b}" for ad_id, b in a.bids.items()))
+        print(f"A: {a.response}")
+        issues = ", ".join(f"{k}={v}" for k, v in a.report.error_counts().items() if v)
+        print(f"-> exposed: {list(a.report.exposed_ids) or 'none'}; format errors: "
+              f"{issues or 'none'}; s_resp = {a.penalty:g}")
+    ads = sum(a.report.num_ads for a in answers)
+    errors = sum(a.report.num_errors for a in answers)
+    print(f"\n{len(answers)} answers in {seconds:.1f} s: {ads} valid ad mentions, "
+          f"{errors} format errors")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    build = argparse.Namespace(**{**vars(args), "out": out / "data", "profiles": args.profiles,
+                                  "queries_per_profile": 2, "writer": None, "quiet": False})
+    cmd_data_build(build)
+    answer = argparse.Namespace(**{**vars(args), "data": out / "data", "split": "all",
+                                   "num_queries": args.num_queries, "num_candidates": None})
+    return cmd_answer(answer)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    config = _resolve_config(args)
+    data = {k: v for k, v in config.to_dict().items()}
+    print(tomli_w.dumps(_drop_none(data)), end="")
+    return 0
+
+
+def _drop_none(data):
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+def config_reference() -> str:
+    """Markdown reference of every config field, generated from the dataclasses' help texts."""
+    lines = ["# Configuration reference", "",
+             "Generated by `llmauction config docs` from the config dataclasses; do not edit.",
+             "Set a field in a TOML file (`[section]` then `field = value`) or on the command "
+             "line with `--set section.field=value`.", "",
+             "| field | type | default | meaning |", "|---|---|---|---|"]
+    for name, tp, default, help_text in field_docs(RunConfig):
+        lines.append(f"| `{name}` | {tp} | `{default!r}` | {help_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    print(config_reference(), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from llmauction_sim.lm.registry import registered_models, resolve_model
+
+    if args.prepare:
+        print(resolve_model(args.prepare))
+        return 0
+    for name, spec in registered_models().items():
+        print(f"{name}\t{spec.description}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmauction", description="Simulate LLM-native ad auctions (LLM-Auction, IRPO).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="synthetic users and queries")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    build = data_sub.add_parser("build", help="generate profiles and User-LLM queries",
+                                description="Generate profiles and their User-LLM queries; "
+                                "writes OUT/profiles.parquet and OUT/queries.parquet.")
+    build.add_argument("--out", type=Path, required=True, help="output folder")
+    build.add_argument("--profiles", type=int, help="number of profiles (default 3000)")
+    build.add_argument("--queries-per-profile", type=int, help="queries per profile (default 5)")
+    build.add_argument("--writer", choices=["llm", "template"],
+                       help="query writer (default llm: the User-LLM)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_args(build)
+    build.set_defaults(func=cmd_data_build)
+
+    answer = sub.add_parser("answer", help="answer queries with the Ad-LLM and parse its ads",
+                            description="Answer queries from a data folder with the Ad-LLM "
+                            "(candidates retrieved, bids uniform 1..100) and show the parsed "
+                            "ad mentions.")
+    answer.add_argument("--data", type=Path, required=True, help="folder from `data build`")
+    answer.add_argument("--split", choices=["train", "test", "all"], default="test")
+    answer.add_argument("--num-queries", type=int, default=4)
+    answer.add_argument("--num-candidates", help="candidate ads per prompt, or 'all'")
+    _config_args(answer)
+    answer.set_defaults(func=cmd_answer)
+
+    demo = sub.add_parser("demo", help="build a small data set and answer a few queries",
+                          description="Build a small data set with the User-LLM and answer a "
+                          "few of its queries with the Ad-LLM, on the embedded model.")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--profiles", type=int, default=6)
+    demo.add_argument("--num-queries", type=int, default=4)
+    _config_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    config = sub.add_parser("config", help="show the resolved config or the field reference")
+    config_sub = config.add_subparsers(dest="config_command", required=True,
+                                       metavar="SUBCOMMAND")
+    show = config_sub.add_parser("show", help="print the resolved config as TOML")
+    _config_args(show)
+    show.set_defaults(func=cmd_config_show)
+    docs = config_sub.add_parser("docs", help="print the field reference as Markdown")
+    docs.set_defaults(func=cmd_config_docs)
+
+    models = sub.add_parser("models", help="list registered models or prepare one")
+    models.add_argument("--prepare", metavar="NAME",
+                        help="resolve NAME (converting the embedded model once) and print its "
+                        "folder")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"llmauction: config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+        print(f"llmauction: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmauction: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

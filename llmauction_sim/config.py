@@ -1,0 +1,359 @@
+"""Configuration objects: one dataclass per concern, every field with a default and a help text.
+
+The same objects load from a TOML file (`RunConfig.load`), from a dict, and from CLI overrides of the
+form ``section.field=value``. Unknown keys and bad values raise `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the field and the fix."""
+
+
+def option(default: Any, help: str, *, choices: Iterable[Any] | None = None,
+           min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> Any:
+    """A dataclass field with a help text and simple bounds checked on construction."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max,
+            "exclusive_min": exclusive_min}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Turn `value` (from TOML or a CLI string) into type `tp`, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} is not a valid " + " or ".join(
+            _type_name(a) for a in args))
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, typing._LiteralGenericAlias):  # type: ignore[attr-defined]
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+    raise ConfigError(f"{where}: unsupported type {tp!r}")
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    name = f"{where}.{key}" if where else key
+    return ConfigError(f"unknown config field '{name}'.{hint} Known fields here: {', '.join(known)}")
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: validation on construction, dict/TOML round trip, overrides."""
+
+    def __post_init__(self) -> None:
+        self._check_fields()
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override and raise ConfigError."""
+
+    def _check_fields(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                continue
+            where = f.name
+            value = _coerce(value, hints[f.name], where)
+            object.__setattr__(self, f.name, value)
+            meta = f.metadata
+            if value is None or isinstance(value, (list, str, bool)) and not meta.get("choices"):
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ConfigError(f"{where} = {value!r} is not allowed; choose one of "
+                                  f"{list(meta['choices'])}")
+            if isinstance(value, float) and value != value:
+                raise ConfigError(f"{where} = nan is not a number; give a finite value")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = meta.get("min"), meta.get("max")
+                if lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo):
+                    op = ">" if meta.get("exclusive_min") else ">="
+                    raise ConfigError(f"{where} = {value!r} is out of range; it must be {op} {lo}")
+                if hi is not None and value > hi:
+                    raise ConfigError(f"{where} = {value!r} is out of range; it must be <= {hi}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = ""):
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where or 'config'}: expected a table of fields, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {}
+        for key, value in data.items():
+            if key not in known:
+                raise _unknown_key(key, list(known), where)
+            tp = hints[key]
+            if isinstance(tp, type) and issubclass(tp, ConfigBase):
+                # A partly given section keeps this field's own defaults (which may differ from
+                # the section class's defaults, e.g. user_sampling's temperature).
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{where + '.' if where else ''}{key} is a section; give "
+                                      f"it as a table of fields, not {value!r}")
+                base = known[key].default_factory().to_dict()  # type: ignore[misc]
+                kwargs[key] = tp.from_dict({**base, **value}, f"{where}.{key}" if where else key)
+            else:
+                kwargs[key] = value
+        return _construct(cls, kwargs, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self, **changes: Any):
+        merged = self.to_dict()
+        merged.update(changes)
+        return type(self).from_dict(merged)
+
+    def with_overrides(self, overrides: Iterable[str]):
+        """Apply ``a.b=value`` strings (as given on the CLI) and return a new validated config."""
+        data = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.field=value")
+            path, raw = item.split("=", 1)
+            keys = path.strip().split(".")
+            node, cls = data, type(self)
+            for i, key in enumerate(keys):
+                known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+                if key not in known:
+                    raise _unknown_key(key, known, ".".join(keys[:i]))
+                if i == len(keys) - 1:
+                    if isinstance(node[key], dict):
+                        raise ConfigError(f"'{path}' is a section; set one of its fields, "
+                                          f"e.g. {path}.{next(iter(node[key]))}=...")
+                    node[key] = raw.strip()
+                else:
+                    if not isinstance(node[key], dict):
+                        raise ConfigError(f"'{'.'.join(keys[:i + 1])}' is a field, not a section")
+                    node = node[key]
+                    cls = typing.get_type_hints(cls)[key]
+        return type(self).from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Iterable[str] = ()):
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing TOML file "
+                              f"(write a template with `llmauction config show > run.toml`)")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+        return cls.from_dict(data).with_overrides(overrides)
+
+
+def _construct(cls, kwargs: dict[str, Any], where: str):
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if where:
+            raise ConfigError(f"{where}.{exc}") from None
+        raise
+    except TypeError as exc:  # a missing or extra constructor argument
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def field_docs(cls: type, prefix: str = "", instance: Any = None
+               ) -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, help) for every field, nested sections flattened."""
+    instance = instance if instance is not None else cls()
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        value = getattr(instance, f.name)
+        if isinstance(tp, type) and issubclass(tp, ConfigBase):
+            rows.extend(field_docs(tp, name + ".", value))
+            continue
+        type_name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        rows.append((name, type_name, value, f.metadata.get("help", "")))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The sections
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    name: str = option("smollm2-135m-instruct",
+                       "Registered model name, Hugging Face id or local checkpoint folder.")
+    backend: str = option("transformers", "Generation backend.", choices=["transformers"])
+    dtype: str = option("auto", "Weights/compute dtype; auto = bfloat16 where the CPU supports it, "
+                        "else float32 (bfloat16 on CUDA).",
+                        choices=["auto", "float32", "bfloat16", "float16"])
+    device: str = option("auto", "torch device; auto = cuda if available, else cpu.")
+    max_batch_size: int = option(64, "Rows per forward pass in batched generation/scoring.", min=1)
+    adapter: str | None = option(None, "Optional PEFT adapter folder loaded on top of the model.")
+
+
+@dataclass(frozen=True)
+class SamplingConfig(ConfigBase):
+    temperature: float = option(0.7, "Softmax temperature; 0 means greedy.", min=0.0)
+    top_p: float = option(0.8, "Nucleus sampling mass (1 = off).", min=0.0, max=1.0,
+                          exclusive_min=True)
+    top_k: int = option(20, "Keep the k most likely tokens (0 = off).", min=0)
+    max_new_tokens: int = option(160, "Maximum tokens generated per answer.", min=1)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(ConfigBase):
+    num_candidates: int | str = option(
+        6, "Candidate ads put in the Ad-LLM prompt (top-K by relevance), or 'all' for the whole "
+        "catalog as in the paper.")
+    encoder: str = option("all-minilm-l6-v2", "Sentence encoder for relevance: the packaged "
+                          "MiniLM name, or a sentence-transformers model id/folder.")
+    profile_weight: float = option(0.35, "Weight of the profile's interests against the query "
+                                   "when ranking ads.", min=0.0, max=1.0)
+
+    def validate(self) -> None:
+        k = self.num_candidates
+        if isinstance(k, str) and k != "all":
+            try:
+                k = int(k)
+            except ValueError:
+                raise ConfigError(f"num_candidates = {k!r}: use a positive integer or "
+                                  "'all'") from None
+            object.__setattr__(self, "num_candidates", k)
+        if isinstance(k, int) and k < 1:
+            raise ConfigError(f"num_candidates = {k} must be >= 1 (or 'all')")
+
+
+@dataclass(frozen=True)
+class PenaltyConfig(ConfigBase):
+    """Format penalty s_resp(y), in bid units (see docs/format_penalty.md)."""
+    per_ad: float = option(5.0, "Cost of each validly inserted ad (user-experience load).", min=0)
+    free_ads: int = option(1, "Ads that may be inserted before `flooding` applies.", min=0)
+    flooding: float = option(10.0, "Extra cost of each valid ad beyond `free_ads`.", min=0)
+    malformed: float = option(50.0, "Cost of each malformed mention (broken @...@[...] markup).",
+                              min=0)
+    unknown_id: float = option(50.0, "Cost of a mention whose ID is in no candidate list "
+                               "nor the catalog.", min=0)
+    title_mismatch: float = option(50.0, "Cost of a mention whose title differs from the "
+                                   "candidate's exact title.", min=0)
+    non_candidate: float = option(50.0, "Cost of a well-formed mention of a real ad that was not "
+                                  "among this query's candidates.", min=0)
+    duplicate: float = option(20.0, "Cost of each repeated mention of an already inserted ad.",
+                              min=0)
+
+
+@dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    profiles: int = option(3000, "Number of synthetic user profiles.", min=1)
+    queries_per_profile: int = option(5, "Queries the User-LLM writes per profile.", min=1)
+    test_fraction: float = option(0.2, "Share of profiles whose queries form the test split.",
+                                  min=0.0, max=1.0)
+    query_writer: str = option("llm", "Who writes queries: the User-LLM ('llm') or, only when "
+                               "asked for by name, fixed templates ('template').",
+                               choices=["llm", "template"])
+    max_attempts: int = option(4, "Rounds of re-sampling for profiles whose queries failed "
+                               "validation.", min=1)
+    uncovered_interest_rate: float = option(
+        0.25, "Probability that a profile interest is one the catalog does not cover.",
+        min=0.0, max=1.0)
+    catalog: str | None = option(None, "Path to an ad catalog JSON; default: the packaged one.")
+
+
+@dataclass(frozen=True)
+class RunConfig(ConfigBase):
+    seed: int = option(0, "The one seed every random draw derives from.", min=0)
+    ad_llm: ModelConfig = section(ModelConfig, "The Ad-LLM (allocation rule).")
+    ad_sampling: SamplingConfig = section(SamplingConfig, "Ad-LLM sampling (paper: T=0.7, "
+                                          "top-p 0.8, top-k 20).")
+    user_llm: ModelConfig = section(ModelConfig, "The User-LLM (query writer, click judge).")
+    user_sampling: SamplingConfig = section(
+        lambda: SamplingConfig(temperature=0.3, top_p=0.8, top_k=20, max_new_tokens=64),
+        "User-LLM sampling (paper: T=0.3, top-p 0.8, top-k 20).")
+    retrieval: RetrievalConfig = section(RetrievalConfig, "Candidate retrieval before the prompt.")
+    penalty: PenaltyConfig = section(PenaltyConfig, "Format penalty s_resp(y).")
+    data: DataConfig = section(DataConfig, "Synthetic users and their queries.")
+
+    def validate(self) -> None:
+        k = self.retrieval.num_candidates
+        from llmauction_sim.domain.catalog import CatalogError, load_catalog
+
+        try:
+            size = len(load_catalog(self.data.catalog))
+        except CatalogError as exc:
+            raise ConfigError(f"data.catalog = {self.data.catalog!r}: {exc}") from None
+        if isinstance(k, int):
+            if k > size:
+                raise ConfigError(f"retrieval.num_candidates = {k} is larger than the catalog "
+                                  f"({size} ads); use at most {size} or 'all'")

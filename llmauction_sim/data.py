@@ -1,0 +1,177 @@
+"""`llmauction data build`: synthetic profiles and their User-LLM queries, split by profile.
+
+Work is checkpointed per chunk of profiles under ``OUT/.parts``; an interrupted build resumes there,
+and a finished build with the same settings is reused as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from llmauction_sim.config import RunConfig
+from llmauction_sim.domain.catalog import load_catalog
+from llmauction_sim.domain.users import generate_profiles, profiles_to_frame
+from llmauction_sim.lm.query_writer import (LLMQueryWriter, TemplateQueryWriter, clean_query,
+                                             normalize, topics_for)
+from llmauction_sim.manifest import environment, write_json
+
+PROFILES_PER_PART = 128
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    num_profiles: int
+    num_queries: int
+    short_profiles: int
+    rejected: dict[str, int]
+    seconds: float
+    reused: bool = False
+
+
+def split_profiles(num_profiles: int, test_fraction: float, seed: int) -> np.ndarray:
+    """'train'/'test' per profile: a seeded permutation puts round(n * fraction) in test."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    n_test = int(round(num_profiles * test_fraction))
+    split = np.full(num_profiles, "train", dtype=object)
+    split[rng.permutation(num_profiles)[:n_test]] = "test"
+    return split
+
+
+def _build_settings(config: RunConfig) -> dict:
+    return {"seed": config.seed, "data": config.data.to_dict(),
+            "user_llm": config.user_llm.to_dict(), "user_sampling": config.user_sampling.to_dict()}
+
+
+def write_queries_for(writer, profiles, first_index: int, per_profile: int, max_attempts: int
+                      ) -> tuple[list[dict], Counter]:
+    """Fill `per_profile` valid, distinct queries for each profile, retrying what failed."""
+    accepted: list[list[tuple[str, str]]] = [[] for _ in profiles]
+    seen: list[set[str]] = [set() for _ in profiles]
+    rejected: Counter = Counter()
+    for attempt in range(max_attempts):
+        requests = []
+        for k, p in enumerate(profiles):
+            missing = per_profile - len(accepted[k])
+            topics = topics_for(p, missing, start=len(accepted[k]))
+            requests += [(first_index + k, p, t, len(accepted[k]) + j)
+                         for j, t in enumerate(topics)]
+        if not requests:
+            break
+        for (index, _, topic, _), texts in zip(requests, writer.candidates(requests, attempt)):
+            k = index - first_index
+            for text in texts:
+                if len(accepted[k]) >= per_profile:
+                    break
+                query, reason = clean_query(text)
+                if query is None:
+                    rejected[reason] += 1
+                elif normalize(query) in seen[k]:
+                    rejected["duplicate"] += 1
+                else:
+                    seen[k].add(normalize(query))
+                    accepted[k].append((topic, query))
+    rows = [{"user_id": p.user_id, "topic": topic, "query": query}
+            for p, items in zip(profiles, accepted) for topic, query in items]
+    return rows, rejected
+
+
+def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=None
+                  ) -> BuildResult:
+    """Write OUT/profiles.parquet and OUT/queries.parquet (and OUT/manifest.json)."""
+    out = Path(out)
+    start = time.time()
+    settings = _build_settings(config)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file() and (out / "queries.parquet").is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("settings") == settings:
+            c = manifest["counts"]
+            return BuildResult(out, c["profiles"], c["queries"], c["short_profiles"],
+                               c["rejected"], 0.0, reused=True)
+    parts = out / ".parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    settings_file = parts / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise ValueError(f"{parts} holds a partial build with other settings; delete that folder "
+                         "or use another --out")
+    write_json(settings_file, settings)
+
+    data = config.data
+    catalog = load_catalog(data.catalog)
+    profiles = generate_profiles(data.profiles, config.seed, catalog,
+                                 uncovered_interest_rate=data.uncovered_interest_rate)
+    frame = profiles_to_frame(profiles)
+    frame["split"] = split_profiles(len(profiles), data.test_fraction, config.seed)
+
+    if data.query_writer == "template":
+        writer = TemplateQueryWriter(config.seed)
+    else:
+        if lm is None:
+            from llmauction_sim.lm.hf import load_language_model
+
+            lm = load_language_model(config.user_llm, seed=config.seed)
+        writer = LLMQueryWriter(lm, config.user_sampling, config.seed)
+
+    rejected: Counter = Counter()
+    bar = tqdm(total=len(profiles), desc="writing queries", unit="profile", disable=not progress)
+    for first in range(0, len(profiles), PROFILES_PER_PART):
+        part = parts / f"queries-{first:06d}.parquet"
+        chunk = profiles[first:first + PROFILES_PER_PART]
+        if not part.is_file():
+            rows, rej = write_queries_for(writer, chunk, first, data.queries_per_profile,
+                                          data.max_attempts)
+            tmp = part.with_suffix(".tmp")
+            pd.DataFrame(rows, columns=["user_id", "topic", "query"]).to_parquet(tmp)
+            os.replace(tmp, part)
+            (parts / f"rejected-{first:06d}.json").write_text(json.dumps(rej))
+        rejected.update(json.loads((parts / f"rejected-{first:06d}.json").read_text()))
+        bar.update(len(chunk))
+    bar.close()
+
+    queries = pd.concat([pd.read_parquet(parts / f"queries-{f:06d}.parquet")
+                         for f in range(0, len(profiles), PROFILES_PER_PART)], ignore_index=True)
+    queries = queries.merge(frame[["user_id", "split"]], on="user_id", how="left")
+    queries.insert(0, "query_id", [f"Q-{i:06d}" for i in range(len(queries))])
+    queries = queries[["query_id", "user_id", "split", "topic", "query"]]
+    per_profile = queries.groupby("user_id").size().reindex(frame["user_id"], fill_value=0)
+    short = int((per_profile < data.queries_per_profile).sum())
+
+    _atomic_parquet(frame, out / "profiles.parquet")
+    _atomic_parquet(queries, out / "queries.parquet")
+    seconds = time.time() - start
+    counts = {"profiles": len(frame), "queries": len(queries), "short_profiles": short,
+              "rejected": dict(rejected),
+              "train_queries": int((queries["split"] == "train").sum()),
+              "test_queries": int((queries["split"] == "test").sum())}
+    write_json(manifest_path, {"settings": settings, "counts": counts, "seconds": seconds,
+                               "writer": writer.name, **environment()})
+    for f in parts.iterdir():
+        f.unlink()
+    parts.rmdir()
+    return BuildResult(out, len(frame), len(queries), short, dict(rejected), seconds)
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def load_dataset(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(profiles, queries) from a `data build` folder, with a clear error if it is not one."""
+    folder = Path(folder)
+    missing = [n for n in ("profiles.parquet", "queries.parquet") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a data folder (missing {', '.join(missing)}); "
+                                f"create one with `llmauction data build --out {folder}`")
+    return pd.read_parquet(folder / "profiles.parquet"), pd.read_parquet(folder / "queries.parquet")

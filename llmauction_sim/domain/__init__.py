@@ -1,0 +1,1 @@
+"""Domain layer: pure Python/numpy, no torch."""

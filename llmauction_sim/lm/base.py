@@ -1,0 +1,93 @@
+"""The language-model protocol every backend implements: batched generation and batched scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
+Chat = Sequence[Message]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-prompt sampling settings. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
+
+    `stop`: strings that end a sample as soon as a generated token contains one; the text is cut
+    right after the stop string, which is kept (vLLM's ``include_stop_str_in_output=True``).
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also rejects nan
+            raise ValueError(f"temperature = {self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p = {self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k = {self.top_k} must be >= 0 (0 = off)")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens = {self.max_new_tokens} must be >= 1")
+        if self.n < 1:
+            raise ValueError(f"n = {self.n} must be >= 1")
+        if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"stop = {self.stop!r} must be a tuple of non-empty strings")
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> SamplingParams:
+        """From a `SamplingConfig` section; keyword arguments override or add fields."""
+        fields = {"temperature": config.temperature, "top_p": config.top_p,
+                  "top_k": config.top_k, "max_new_tokens": config.max_new_tokens}
+        return cls(**{**fields, **overrides})
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+    finished: bool  # True when the model ended its turn, False when max_new_tokens cut it off
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What mechanisms, judges and writers need from a model; backends differ only in speed."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[Chat],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        """One list of `params.n` completions per prompt, in prompt order."""
+        ...
+
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
+        """Sum of log-probabilities of each continuation as the assistant's reply to its prompt."""
+        ...
+
+
+def expand_params(params: SamplingParams | Sequence[SamplingParams], count: int
+                  ) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [params] * count
+    params = list(params)
+    if len(params) != count:
+        raise ValueError(f"got {len(params)} sampling params for {count} prompts; pass one "
+                         "SamplingParams for all prompts or one per prompt")
+    return params
+
+
+def sample_seeds(params: Sequence[SamplingParams], rng: np.random.Generator) -> list[list[int]]:
+    """One seed per (prompt, sample): from the prompt's seed when given, else from `rng`."""
+    seeds = []
+    for p in params:
+        base = p.seed if p.seed is not None else int(rng.integers(2**63))
+        states = np.random.SeedSequence(base).generate_state(p.n, dtype=np.uint64)
+        seeds.append([int(s) & (2**63 - 1) for s in states])
+    return seeds

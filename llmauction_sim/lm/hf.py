@@ -1,0 +1,394 @@
+"""Transformers backend: batched sampling and scoring on any causal LM with a chat template.
+
+The decode loop is our own rather than ``model.generate`` because the protocol needs per-prompt
+sampling parameters and seeds in one batch, and because it lets us (1) prefill the prompt prefix
+shared by a batch (the Ad-LLM's system prompt) once, (2) prefill each distinct prompt once however
+many samples it has, (3) write keys/values into preallocated buffers instead of concatenating every
+step, and (4) drop finished rows from the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
+
+log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 is fast only with native instructions; emulated bf16 is ~100x slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer that writes into a buffer sized for the whole generation up front."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            b, h, _, d = key_states.shape
+            shape = (b, h, self.capacity, d)
+            self._k = key_states.new_empty(shape)
+            self._v = value_states.new_empty(shape)
+            self.device = key_states.device
+            self.is_initialized = True
+        new = key_states.shape[-2]
+        end = self.length + new
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+    def load_prefix(self, keys: torch.Tensor, values: torch.Tensor, rows: int) -> None:
+        """Fill positions [0, P) of `rows` rows with one shared prefix (batch dim 1)."""
+        b, h, p, d = 1, keys.shape[1], keys.shape[2], keys.shape[3]
+        del b
+        self._k = keys.new_empty((rows, h, self.capacity, d))
+        self._v = values.new_empty((rows, h, self.capacity, d))
+        self._k[:, :, :p] = keys
+        self._v[:, :, :p] = values
+        self.device = keys.device
+        self.is_initialized = True
+        self.length = p
+        self.keys, self.values = self._k[:, :, :p], self._v[:, :, :p]
+
+
+def _new_cache(num_layers: int, capacity: int) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = [PreallocatedLayer(capacity) for _ in range(num_layers)]
+    return cache
+
+
+@dataclass
+class _Row:
+    prompt: int  # index into the unique prompts
+    sample: int
+    params: SamplingParams
+    seed: int
+
+
+class TransformersLM:
+    """`LanguageModel` over a Hugging Face causal LM (optionally with a PEFT adapter)."""
+
+    def __init__(self, model, tokenizer, name: str = "model", max_batch_size: int = 64,
+                 seed: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.rng = np.random.default_rng(seed)
+        self.device = next(model.parameters()).device
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        stop = {tokenizer.eos_token_id}
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+            stop.add(im_end)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None
+                    else [])
+        self._stop_id_set = {i for i in stop if i is not None}
+        self.stop_ids = torch.tensor(sorted(self._stop_id_set), device=self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+            tokenizer.eos_token_id
+        self._stop_masks: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def stop_string_mask(self, stop: tuple[str, ...]) -> torch.Tensor:
+        """[vocab] bool: tokens whose text contains any of the stop strings (cached per tuple)."""
+        if stop not in self._stop_masks:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            for i in range(min(vocab, len(self.tokenizer)) if stop else 0):
+                piece = self.tokenizer.decode([i])
+                mask[i] = any(x in piece for x in stop)
+            self._stop_masks[stop] = mask.to(self.device)
+        return self._stop_masks[stop]
+
+    # ------------------------------------------------------------------------------------------
+    # prompts
+    # ------------------------------------------------------------------------------------------
+    def encode_chat(self, chat: Chat) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(chat), tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Chat],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        params = expand_params(params, len(prompts))
+        seeds = sample_seeds(params, self.rng)
+        encoded = [self.encode_chat(p) for p in prompts]
+        rows = [_Row(i, j, params[i], seeds[i][j]) for i in range(len(prompts))
+                for j in range(params[i].n)]
+        out: list[list[Completion | None]] = [[None] * p.n for p in params]
+        # Length bucketing: similar prompt lengths share a batch, so little padding is computed.
+        rows.sort(key=lambda r: (len(encoded[r.prompt]), r.prompt, r.sample))
+        for start in range(0, len(rows), self.max_batch_size):
+            batch = rows[start:start + self.max_batch_size]
+            for row, completion in zip(batch, self._generate_batch(batch, encoded)):
+                out[row.prompt][row.sample] = completion
+        return out  # type: ignore[return-value]
+
+    def _prefill(self, prompt_ids: list[list[int]], capacity: int):
+        """Run the prompts, one row each; return (cache, last logits, attention mask, next pos)."""
+        lengths = [len(p) for p in prompt_ids]
+        shared = _common_prefix_len(prompt_ids) if len(prompt_ids) > 1 else 0
+        shared = min(shared, min(lengths) - 1)
+        cache = _new_cache(self.num_layers, capacity)
+        n = len(prompt_ids)
+        if shared >= MIN_SHARED_PREFIX:
+            prefix = torch.tensor([prompt_ids[0][:shared]], device=self.device)
+            pre = DynamicCache()
+            self.model(input_ids=prefix, cache=pre, use_cache=True, logits_to_keep=1)
+            for layer, src in zip(cache.layers, pre.layers):
+                layer.load_prefix(src.keys, src.values, n)
+        else:
+            shared = 0
+        suffixes = [p[shared:] for p in prompt_ids]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, s in enumerate(suffixes):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, shared + width - len(s):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_pos = torch.tensor(lengths, device=self.device)
+        return cache, logits, mask, next_pos
+
+    def _generate_batch(self, batch: list[_Row], encoded: list[list[int]]) -> list[Completion]:
+        uniq = sorted({r.prompt for r in batch})
+        where = {p: i for i, p in enumerate(uniq)}
+        prompt_ids = [encoded[p] for p in uniq]
+        max_new = max(r.params.max_new_tokens for r in batch)
+        capacity = max(len(p) for p in prompt_ids) + max_new
+        cache, logits, mask, next_pos = self._prefill(prompt_ids, capacity)
+        # Each distinct prompt was run once; repeat its state for each of its samples.
+        idx = torch.tensor([where[r.prompt] for r in batch], device=self.device)
+        if len(uniq) != len(batch) or not torch.equal(idx, torch.arange(len(batch))):
+            cache.batch_select_indices(idx)
+            logits, mask, next_pos = logits[idx], mask[idx], next_pos[idx]
+
+        b = len(batch)
+        temps = torch.tensor([r.params.temperature for r in batch], device=self.device)
+        top_p = torch.tensor([r.params.top_p for r in batch], device=self.device)
+        top_k = torch.tensor([r.params.top_k for r in batch], device=self.device)
+        limit = torch.tensor([r.params.max_new_tokens for r in batch], device=self.device)
+        seeds = torch.tensor([r.seed for r in batch], dtype=torch.long, device=self.device)
+        stop_sets = sorted({r.params.stop for r in batch})
+        stop_masks = torch.stack([self.stop_string_mask(x) for x in stop_sets])
+        stop_set = torch.tensor([stop_sets.index(r.params.stop) for r in batch],
+                                device=self.device)
+        tokens = torch.full((b, max_new), self.pad_id, dtype=torch.long, device=self.device)
+        count = torch.zeros(b, dtype=torch.long, device=self.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=self.device)
+        alive = torch.arange(b, device=self.device)  # original row of each live batch position
+
+        # Finished rows stay in the batch (their tokens are ignored) until a quarter of it is
+        # finished: dropping them copies the whole KV cache, which costs about one decode step.
+        active = torch.ones(b, dtype=torch.bool, device=self.device)
+        for step in range(max_new):
+            nxt = sample_tokens(logits.float(), temps[alive], top_k[alive], top_p[alive],
+                                seeds[alive], step)
+            live = active[alive]
+            rows = alive[live]
+            tokens[rows, step] = nxt[live]
+            count[rows] += 1
+            ended = torch.isin(nxt, self.stop_ids) | stop_masks[stop_set[alive], nxt]
+            finished[alive[ended & live]] = True
+            active[alive[(ended | (count[alive] >= limit[alive])) & live]] = False
+            live = active[alive]
+            if not bool(live.any()):
+                break
+            if int((~live).sum()) * 4 >= len(alive):
+                keep = live.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                alive, nxt, mask, next_pos = alive[keep], nxt[keep], mask[keep], next_pos[keep]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            logits = self.model(input_ids=nxt[:, None], attention_mask=mask,
+                                position_ids=next_pos[:, None], cache=cache,
+                                use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+
+        results = []
+        for i in range(b):
+            ids = tokens[i, :count[i]].tolist()
+            if ids and ids[-1] in self._stop_id_set:
+                ids = ids[:-1]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            cuts = [text.find(x) + len(x) for x in batch[i].params.stop if x in text]
+            text = text[:min(cuts)] if cuts else text
+            text = text.strip()
+            results.append(Completion(text=text, num_tokens=int(count[i]),
+                                      finished=bool(finished[i])))
+        return results
+
+    # ------------------------------------------------------------------------------------------
+    # scoring
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} "
+                             "continuations; pass one continuation per prompt")
+        pairs = []
+        for chat, cont in zip(prompts, continuations):
+            p = self.encode_chat(chat)
+            c = self.tokenizer(cont, add_special_tokens=False)["input_ids"]
+            pairs.append((p, c))
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        result = np.zeros(len(pairs))
+        for start in range(0, len(order), self.max_batch_size):
+            chunk = order[start:start + self.max_batch_size]
+            seqs = [pairs[i][0] + pairs[i][1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            cmax = max(len(pairs[i][1]) for i in chunk)
+            if cmax == 0:
+                continue
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, width - len(s):] = torch.tensor(s)
+                mask[r, width - len(s):] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            # Left padding puts every continuation at the right edge: only those logits are needed.
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=cmax + 1).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            targets = ids[:, width - cmax:]
+            token_lp = logp.gather(-1, targets[..., None]).squeeze(-1)
+            for r, i in enumerate(chunk):
+                c = len(pairs[i][1])
+                result[i] = float(token_lp[r, cmax - c:].sum()) if c else 0.0
+        return result
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # constants of splitmix64, as signed int64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)  # logical shift on int64
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def token_uniforms(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+    """U(0,1) per (row seed, step, token id) from a counter-based hash (splitmix64).
+
+    Noise tied to the token id, not to its rank or to the batch, makes a row's samples independent
+    of the other rows and of its top-k width, and continuous in the logits.
+    """
+    h = _mix64(seeds[:, None] ^ _mix64(token_ids * _GOLDEN + step))
+    return (_shr(h, 11).double() + 0.5) / 2.0**53
+
+
+def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,
+                  top_p: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """Sample one token per row with its own temperature, top-k, top-p and seed (Gumbel-max)."""
+    vocab = logits.shape[-1]
+    greedy = temps <= 0
+    k_all = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+    kmax = int(k_all.max())
+    vals, idx = logits.topk(kmax, dim=-1)  # sorted, descending
+    vals = vals / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+    ranks = torch.arange(kmax, device=logits.device)[None, :]
+    vals = vals.masked_fill(ranks >= k_all[:, None], float("-inf"))
+    probs = torch.softmax(vals, dim=-1)
+    # Nucleus: keep the smallest prefix whose mass reaches top_p (always at least one token).
+    before = probs.cumsum(-1) - probs
+    vals = vals.masked_fill(before >= top_p[:, None], float("-inf"))
+    gumbel = -torch.log(-torch.log(token_uniforms(seeds, step, idx))).to(vals.dtype)
+    choice = torch.where(greedy, torch.zeros_like(top_k), (vals + gumbel).argmax(-1))
+    return idx.gather(-1, choice[:, None]).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, dtype: str, device: str, adapter: str | None):
+    from llmauction_sim.lm.registry import resolve_model
+
+    path = resolve_model(name)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.chat_template is None:
+        raise ValueError(f"model {name!r} has no chat template; use an instruct/chat model")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tokenizer
+
+
+def load_language_model(config, seed: int = 0) -> TransformersLM:
+    """A `TransformersLM` for a `ModelConfig`; weights are shared between equal configs."""
+    model, tokenizer = _load(config.name, config.dtype, config.device, config.adapter)
+    return TransformersLM(model, tokenizer, name=config.name,
+                          max_batch_size=config.max_batch_size, seed=seed)
