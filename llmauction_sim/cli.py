@@ -72,6 +72,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
     from llmauction_sim.lm.hf import load_language_model
 
     config = _resolve_config(args, _opt("retrieval.num_candidates", args.num_candidates))
+    if args.num_queries < 1:
+        raise ConfigError(f"--num-queries = {args.num_queries} must be >= 1")
     profiles, queries = load_dataset(args.data)
     queries = queries[queries["split"] == args.split] if args.split != "all" else queries
     if queries.empty:
@@ -137,6 +139,7 @@ def config_reference() -> str:
              "line with `--set section.field=value`.", "",
              "| field | type | default | meaning |", "|---|---|---|---|"]
     for name, tp, default, help_text in field_docs(RunConfig):
+        tp = tp.replace(" | ", " or ")  # a pipe would split the Markdown table cell
         lines.append(f"| `{name}` | {tp} | `{default!r}` | {help_text} |")
     return "\n".join(lines) + "\n"
 

@@ -20,8 +20,13 @@ from tqdm.auto import tqdm
 from llmauction_sim.config import RunConfig
 from llmauction_sim.domain.catalog import load_catalog
 from llmauction_sim.domain.users import generate_profiles, profiles_to_frame
-from llmauction_sim.lm.query_writer import (LLMQueryWriter, TemplateQueryWriter, clean_query,
-                                             normalize, topics_for)
+from llmauction_sim.lm.query_writer import (
+    LLMQueryWriter,
+    TemplateQueryWriter,
+    clean_query,
+    normalize,
+    topics_for,
+)
 from llmauction_sim.manifest import environment, write_json
 
 PROFILES_PER_PART = 128
@@ -69,9 +74,7 @@ def write_queries_for(writer, profiles, first_index: int, per_profile: int, max_
             break
         for (index, _, topic, _), texts in zip(requests, writer.candidates(requests, attempt)):
             k = index - first_index
-            for text in texts:
-                if len(accepted[k]) >= per_profile:
-                    break
+            for text in texts:  # the first valid, new sample fills this slot
                 query, reason = clean_query(text)
                 if query is None:
                     rejected[reason] += 1
@@ -80,6 +83,7 @@ def write_queries_for(writer, profiles, first_index: int, per_profile: int, max_
                 else:
                     seen[k].add(normalize(query))
                     accepted[k].append((topic, query))
+                    break
     rows = [{"user_id": p.user_id, "topic": topic, "query": query}
             for p, items in zip(profiles, accepted) for topic, query in items]
     return rows, rejected
@@ -101,10 +105,11 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
     parts = out / ".parts"
     parts.mkdir(parents=True, exist_ok=True)
     settings_file = parts / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+    part_settings = {**settings, "profiles_per_part": PROFILES_PER_PART}
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != part_settings:
         raise ValueError(f"{parts} holds a partial build with other settings; delete that folder "
                          "or use another --out")
-    write_json(settings_file, settings)
+    write_json(settings_file, part_settings)
 
     data = config.data
     catalog = load_catalog(data.catalog)

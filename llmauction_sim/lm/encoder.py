@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,7 +37,8 @@ class TextEncoder:
         self.name = name
         self.batch_size = batch_size
         self.model = SentenceTransformer(_encoder_path(name), device=device)
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dim = getattr(self.model, "get_embedding_dimension", None)  # renamed in v5
+        self.dim = (dim or self.model.get_sentence_embedding_dimension)()
         self._memo: dict[str, np.ndarray] = {}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -7,7 +7,7 @@ which is identical for every query, so a batch's shared prefix is computed once 
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.mentions import render_mention
@@ -36,7 +36,7 @@ def ad_llm_messages(profile: UserProfile, query: str, candidates: Sequence[Ad],
     """The Ad-LLM prompt: the paper's rules, then profile, candidate ads with bids, and query."""
     ads = [{"id": ad.id, "title": ad.title, "bid": _bid(bids[ad.id])} for ad in candidates]
     user = (f"User profile: {profile.describe()}\n"
-            f"Candidate ads: {json.dumps(ads, ensure_ascii=False)}\n"
+            f"Candidate ads: {json.dumps(ads, ensure_ascii=False, separators=(',', ':'))}\n"
             f"Question: {query}")
     return [{"role": "system", "content": AD_LLM_SYSTEM.format(example=_EXAMPLE_MENTION)},
             {"role": "user", "content": user}]

@@ -7,7 +7,7 @@ exists only for speed when asked for by name (``data.query_writer = "template"``
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ MIN_WORDS, MAX_WORDS = 4, 40
 _REJECT = re.compile(
     r"\b(i'?m sorry|i am sorry|as an ai|i'?m an ai|ai assistant|chatbot|language model|"
     r"happy to (help|assist)|here to help|i can'?t|i cannot|unable to|dear \w+|"
-    r"question|ask me|year[- ]old|^what an? \w+\W)", re.IGNORECASE)
+    r"question|ask me)\b|\d+\s*-\s*\d+[- ]year|\d+\+", re.IGNORECASE)  # last two: echoed age bands
 _LABEL = re.compile(r"^\s*(?:q(?:uestion)?|a(?:nswer)?|user)\s*[:.)-]\s*", re.IGNORECASE)
 _QUESTION = re.compile(r"[^?.!\n\"]*\?")
 
@@ -35,9 +35,9 @@ def clean_query(text: str) -> tuple[str | None, str]:
     """(question, "ok") or (None, reason). Takes the first question sentence of the output."""
     if not text.strip():
         return None, "empty"
-    if _REJECT.search(text):
-        return None, "refusal_or_assistant_voice"
     body = _LABEL.sub("", text.strip().strip("\"'“”"))
+    if _REJECT.search(body):
+        return None, "refusal_or_assistant_voice"
     match = _QUESTION.search(body)
     if not match:
         return None, "no_question"
@@ -92,7 +92,7 @@ class LLMQueryWriter:
 _TEMPLATES = (
     "What {topic} would you recommend for a {occupation} with a {budget} budget?",
     "As a {occupation} in {city}, how do I choose good {topic}?",
-    "What should I look for in {topic} if I am {age} years old?",
+    "What should I look for in {topic} as a first-time buyer?",
     "Which {topic} options are worth the money in {city}?",
     "How do I get started with {topic} as a busy {occupation}?",
     "What are common mistakes people make with {topic}?",
@@ -117,5 +117,5 @@ class TemplateQueryWriter:
             template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
             out.append([template.format(topic=topic.replace("_", " "), occupation=p.occupation,
                                         budget=budget[p.budget_sensitivity],
-                                        city=p.region.split(",")[0], age=p.age_band)])
+                                        city=p.region.split(",")[0])])
         return out

@@ -1,0 +1,112 @@
+"""Ad-LLM generation speed: a naive loop of `model.generate` per prompt vs the batched LM layer.
+
+Both answer the same Ad-LLM prompts (profile, candidate ads with bids, query) with the same sampling
+settings on the same model, in one run. Prints tokens/s of both and the ratio; --json for machines.
+
+    python benchmarks/bench_generate.py [--prompts 64] [--max-new-tokens 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from llmauction_sim.config import RunConfig  # noqa: E402
+from llmauction_sim.domain.catalog import load_catalog  # noqa: E402
+from llmauction_sim.domain.users import generate_profiles  # noqa: E402
+from llmauction_sim.lm.base import SamplingParams  # noqa: E402
+from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder  # noqa: E402
+from llmauction_sim.lm.hf import load_language_model  # noqa: E402
+from llmauction_sim.lm.prompts import ad_llm_messages  # noqa: E402
+from llmauction_sim.lm.query_writer import TemplateQueryWriter, topics_for  # noqa: E402
+
+
+def ad_llm_prompts(config: RunConfig, count: int, seed: int):
+    catalog = load_catalog()
+    profiles = generate_profiles(count, seed, catalog)
+    writer = TemplateQueryWriter(seed)
+    requests = [(i, p, topics_for(p, 1)[0], 0) for i, p in enumerate(profiles)]
+    queries = [texts[0] for texts in writer.candidates(requests, attempt=0)]
+    retriever = CandidateRetriever(catalog, load_encoder(config.retrieval.encoder),
+                                   config.retrieval.num_candidates,
+                                   config.retrieval.profile_weight)
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for p, q, cands in zip(profiles, queries, retriever.retrieve(profiles, queries)):
+        bids = {ad.id: int(b) for ad, b in zip(cands, rng.integers(1, 101, len(cands)))}
+        prompts.append(ad_llm_messages(p, q, cands, bids))
+    return prompts
+
+
+def naive_loop(lm, prompts, params: SamplingParams) -> tuple[int, float]:
+    """One `model.generate` call per prompt: the baseline most code starts from."""
+    tokens, start = 0, time.perf_counter()
+    for i, chat in enumerate(prompts):
+        ids = lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        torch.manual_seed(params.seed + i)
+        with torch.inference_mode():
+            out = lm.model.generate(**ids, do_sample=params.temperature > 0,
+                                    temperature=params.temperature, top_p=params.top_p,
+                                    top_k=params.top_k, max_new_tokens=params.max_new_tokens,
+                                    pad_token_id=lm.pad_id)
+        tokens += out.shape[1] - ids["input_ids"].shape[1]
+    return tokens, time.perf_counter() - start
+
+
+def batched(lm, prompts, params: SamplingParams) -> tuple[int, float]:
+    start = time.perf_counter()
+    outputs = lm.generate(prompts, params)
+    return sum(c.num_tokens for out in outputs for c in out), time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="override ad_llm.max_batch_size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-naive", action="store_true", help="time the batched path only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    config = RunConfig(seed=args.seed)
+    if args.batch_size:
+        config = config.with_overrides([f"ad_llm.max_batch_size={args.batch_size}"])
+    lm = load_language_model(config.ad_llm, seed=args.seed)
+    prompts = ad_llm_prompts(config, args.prompts, args.seed)
+    params = SamplingParams.from_config(config.ad_sampling, max_new_tokens=args.max_new_tokens,
+                                        seed=args.seed)
+    prompt_tokens = [len(lm.encode_chat(p)) for p in prompts]
+    lm.generate(prompts[:2], params)  # warm-up: allocator, kernels
+
+    result = {"model": config.ad_llm.name, "dtype": str(lm.model.dtype).replace("torch.", ""),
+              "threads": torch.get_num_threads(), "prompts": len(prompts),
+              "mean_prompt_tokens": float(np.mean(prompt_tokens)),
+              "max_new_tokens": args.max_new_tokens, "batch_size": lm.max_batch_size}
+    b_tokens, b_seconds = batched(lm, prompts, params)
+    result.update(batched_tokens=b_tokens, batched_seconds=round(b_seconds, 2),
+                  batched_tok_s=round(b_tokens / b_seconds, 1))
+    if not args.skip_naive:
+        n_tokens, n_seconds = naive_loop(lm, prompts, params)
+        result.update(naive_tokens=n_tokens, naive_seconds=round(n_seconds, 2),
+                      naive_tok_s=round(n_tokens / n_seconds, 1))
+        result["ratio"] = round(result["batched_tok_s"] / result["naive_tok_s"], 2)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The `llmauction` command line: help texts, config commands, clear errors, a template build."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmauction_sim.cli import main
+from llmauction_sim.config import RunConfig
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ["data", "answer", "demo", "config", "models", "--verbose"]),
+    (["data"], ["build"]),
+    (["data", "build"], ["--out", "--profiles", "--queries-per-profile", "--writer", "--quiet",
+                         "--config", "--set", "--seed"]),
+    (["answer"], ["--data", "--split", "--num-queries", "--num-candidates", "--config", "--set",
+                  "--seed"]),
+    (["demo"], ["--out", "--profiles", "--num-queries", "--config", "--set", "--seed"]),
+    (["config"], ["show", "docs"]),
+    (["config", "show"], ["--config", "--set", "--seed"]),
+    (["config", "docs"], ["usage:"]),
+    (["models"], ["--prepare"]),
+])
+def test_every_command_has_help(capsys, argv: list[str], expected: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: llmauction")
+    for word in expected:
+        assert word in out
+
+
+def test_no_command_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_config_show_round_trips(capsys) -> None:
+    code, out, err = run(capsys, ["config", "show"])
+    assert code == 0 and err == ""
+    assert RunConfig.from_dict(tomllib.loads(out)) == RunConfig()
+
+
+def test_config_show_with_overrides(capsys) -> None:
+    code, out, _ = run(capsys, ["config", "show", "--set", "retrieval.num_candidates=all",
+                                "--set", "ad_sampling.top_k=50", "--seed", "7"])
+    assert code == 0
+    data = tomllib.loads(out)
+    assert data["retrieval"]["num_candidates"] == "all"
+    assert data["ad_sampling"]["top_k"] == 50 and data["seed"] == 7
+    expected = RunConfig().with_overrides(["retrieval.num_candidates=all",
+                                           "ad_sampling.top_k=50", "seed=7"])
+    assert RunConfig.from_dict(data) == expected
+
+
+def test_config_show_reads_a_file(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("seed = 3\n[user_sampling]\ntop_k = 5\n")
+    code, out, _ = run(capsys, ["config", "show", "--config", str(path),
+                                "--set", "user_sampling.top_p=0.5"])
+    assert code == 0
+    config = RunConfig.from_dict(tomllib.loads(out))
+    assert (config.seed, config.user_sampling.top_k, config.user_sampling.top_p) == (3, 5, 0.5)
+    assert config.user_sampling.temperature == 0.3  # the section's own default is kept
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["data", "build", "--out", "{tmp}/x", "--profiles", "-1"], ["data.profiles", ">= 1"]),
+    (["data", "build", "--out", "{tmp}/x", "--queries-per-profile", "0"],
+     ["data.queries_per_profile"]),
+    (["config", "show", "--set", "ad_sampling.temprature=1"],
+     ["ad_sampling.temprature", "Did you mean 'temperature'"]),
+    (["config", "show", "--set", "retrieval.num_candidates=500"],
+     ["retrieval.num_candidates", "100"]),
+    (["config", "show", "--set", "retrieval.num_candidates=many"], ["num_candidates", "'all'"]),
+    (["config", "show", "--set", "ad_sampling.top_p=0"], ["top_p"]),
+    (["config", "show", "--config", "{tmp}/missing.toml"], ["missing.toml", "config show"]),
+    (["answer", "--data", "{tmp}", "--set", "seed=-2"], ["seed"]),
+])
+def test_bad_input_exit_code_2_names_the_field(capsys, tmp_path: Path, argv: list[str],
+                                               needles: list[str]) -> None:
+    code, out, err = run(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert out == ""
+    assert err.startswith("llmauction: ")
+    for needle in needles:
+        assert needle in err
+    assert not (tmp_path / "x").exists()  # nothing written before the config is valid
+
+
+def test_answer_on_empty_folder(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, ["answer", "--data", str(tmp_path)])
+    assert code == 2
+    assert "not a data folder" in err and "profiles.parquet" in err
+    assert f"llmauction data build --out {tmp_path}" in err
+
+
+def test_answer_split_without_queries(capsys, tmp_path: Path) -> None:
+    assert run(capsys, ["data", "build", "--writer", "template", "--profiles", "3",
+                        "--queries-per-profile", "1", "--out", str(tmp_path), "--quiet",
+                        "--set", "data.test_fraction=0"])[0] == 0
+    code, _, err = run(capsys, ["answer", "--data", str(tmp_path), "--split", "test"])
+    assert code == 2
+    assert "no 'test' queries" in err and "--split all" in err
+
+
+def test_answer_negative_num_queries_names_the_option(capsys, tmp_path: Path) -> None:
+    assert run(capsys, ["data", "build", "--writer", "template", "--profiles", "2",
+                        "--queries-per-profile", "1", "--out", str(tmp_path), "--quiet"])[0] == 0
+    code, _, err = run(capsys, ["answer", "--data", str(tmp_path), "--split", "all",
+                                "--num-queries", "-1"])
+    assert code == 2
+    assert "--num-queries" in err
+
+
+def test_config_docs_matches_committed_reference(capsys) -> None:
+    if not DOCS.is_file():
+        pytest.skip("docs/config.md is not in this checkout")
+    code, out, _ = run(capsys, ["config", "docs"])
+    assert code == 0
+    assert out == DOCS.read_text(), ("docs/config.md is out of date; regenerate it with "
+                                     "`llmauction config docs > docs/config.md`")
+
+
+def test_config_docs_lists_every_field(capsys) -> None:
+    from llmauction_sim.config import field_docs
+
+    _, out, _ = run(capsys, ["config", "docs"])
+    for name, *_ in field_docs(RunConfig):
+        assert f"| `{name}` |" in out
+
+
+def test_template_build(capsys, tmp_path: Path) -> None:
+    out_dir = tmp_path / "data"
+    argv = ["data", "build", "--writer", "template", "--profiles", "5",
+            "--queries-per-profile", "2", "--out", str(out_dir), "--quiet"]
+    code, out, err = run(capsys, argv)
+    assert code == 0
+    assert f"wrote {out_dir}: 5 profiles, 10 queries" in out
+    assert "writing queries" not in err  # --quiet: no progress bar
+    profiles = pd.read_parquet(out_dir / "profiles.parquet")
+    queries = pd.read_parquet(out_dir / "queries.parquet")
+    assert len(profiles) == 5 and len(queries) == 10
+    assert (out_dir / "manifest.json").is_file()
+    code, out, _ = run(capsys, argv)
+    assert code == 0 and out.startswith(f"reused existing build in {out_dir}")
+
+
+def test_models_lists_embedded(capsys) -> None:
+    code, out, _ = run(capsys, ["models"])
+    assert code == 0
+    assert out.startswith("smollm2-135m-instruct\t")
+
+
+def test_models_prepare_unknown_name(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, ["models", "--prepare", str(tmp_path / "nope")])
+    assert code == 2
+    assert "was not found" in err and "Fix:" in err

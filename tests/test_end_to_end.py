@@ -1,0 +1,107 @@
+"""The embedded model end to end: Ad-LLM answers, User-LLM queries, and `llmauction answer`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmauction_sim.cli import main
+from llmauction_sim.config import ModelConfig, RunConfig
+from llmauction_sim.data import build_dataset
+from llmauction_sim.domain.mentions import format_penalty, validate_response
+from llmauction_sim.domain.users import generate_profiles
+from llmauction_sim.lm.base import SamplingParams
+from llmauction_sim.lm.hf import load_language_model
+from llmauction_sim.lm.prompts import ad_llm_messages
+from llmauction_sim.lm.query_writer import clean_query
+
+pytestmark = pytest.mark.slow
+
+QUERIES = ("Which running shoes are best for my first marathon?",
+           "How do I brew a strong cup of tea without bitterness?")
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_language_model(ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def ad_prompts(packaged_catalog):
+    profiles = generate_profiles(2, 0, packaged_catalog)
+    candidates = [packaged_catalog.by_id("Ad-4820"), packaged_catalog.by_id("Ad-8617"),
+                  *packaged_catalog.in_category("tea")[:2]]
+    bids = {ad.id: b for ad, b in zip(candidates, (37, 88, 12, 64), strict=True)}
+    prompts = [ad_llm_messages(p, q, candidates, bids) for p, q in zip(profiles, QUERIES,
+                                                                        strict=True)]
+    return prompts, candidates, bids
+
+
+def ad_params(seeds=(11, 12)) -> list[SamplingParams]:
+    sampling = RunConfig().ad_sampling  # the paper's T=0.7, top-p 0.8, top-k 20
+    return [SamplingParams.from_config(sampling, seed=s, max_new_tokens=MAX_NEW) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def ad_answers(lm, ad_prompts):
+    return lm.generate(ad_prompts[0], ad_params())
+
+
+def test_ad_llm_answers(ad_answers) -> None:
+    assert [len(row) for row in ad_answers] == [1, 1]
+    for (completion,) in ad_answers:
+        assert completion.text.strip()
+        assert 1 <= completion.num_tokens <= MAX_NEW
+        assert completion.finished or completion.num_tokens == MAX_NEW
+
+
+def test_ad_llm_reproducible_from_seeds(ad_answers, ad_prompts) -> None:
+    # Another model object with another generator seed: the per-prompt seeds decide.
+    other = load_language_model(ModelConfig(), seed=123)
+    assert other.generate(ad_prompts[0], ad_params()) == ad_answers
+
+
+def test_validate_real_answers(ad_answers, ad_prompts, packaged_catalog) -> None:
+    _, candidates, _ = ad_prompts
+    titles = {ad.id: ad.title for ad in candidates}
+    for (completion,) in ad_answers:
+        report = validate_response(completion.text, titles, packaged_catalog.ids)
+        assert set(report.exposed_ids) <= set(titles)
+        assert len(set(report.exposed_ids)) == report.num_ads
+        assert sum(report.error_counts().values()) == report.num_errors
+        assert report.has_format_error == (report.num_errors > 0)
+        penalty = format_penalty(report, RunConfig().penalty)
+        assert penalty >= 0
+        assert (penalty == 0) == (report.num_ads == 0 and report.num_errors == 0)
+
+
+@pytest.fixture(scope="module")
+def llm_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("llm-data")
+    config = RunConfig().with_overrides(["data.profiles=2", "data.queries_per_profile=2"])
+    result = build_dataset(config, out, progress=False)
+    assert result.num_profiles == 2
+    return out
+
+
+def test_llm_queries_are_clean(llm_data: Path) -> None:
+    queries = pd.read_parquet(llm_data / "queries.parquet")
+    assert 1 <= len(queries) <= 4
+    for q in queries["query"]:
+        assert clean_query(q) == (q, "ok")
+    for _, group in queries.groupby("user_id"):
+        assert group["query"].is_unique
+
+
+def test_cli_answer(llm_data: Path, capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMAUCTION_CACHE", str(tmp_path))  # catalog embeddings only
+    code = main(["answer", "--data", str(llm_data), "--split", "all", "--num-queries", "2",
+                 "--set", f"ad_sampling.max_new_tokens={MAX_NEW}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "answers in" in out
+    assert out.count("\n=== Q-") == 2
+    assert out.count("\nA: ") == 2
