@@ -71,7 +71,11 @@ def batched(lm, prompts, params: SamplingParams) -> tuple[int, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="default: the Ad-LLM's configured ad_sampling.max_new_tokens")
+    parser.add_argument("--naive-prompts", type=int,
+                        help="time the naive loop on the first N prompts only (it is slow); "
+                        "default: all")
     parser.add_argument("--batch-size", type=int, help="override ad_llm.max_batch_size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="time the batched path only")
@@ -83,21 +87,22 @@ def main(argv=None) -> int:
         config = config.with_overrides([f"ad_llm.max_batch_size={args.batch_size}"])
     lm = load_language_model(config.ad_llm, seed=args.seed)
     prompts = ad_llm_prompts(config, args.prompts, args.seed)
-    params = SamplingParams.from_config(config.ad_sampling, max_new_tokens=args.max_new_tokens,
-                                        seed=args.seed)
+    max_new = args.max_new_tokens or config.ad_sampling.max_new_tokens
+    params = SamplingParams.from_config(config.ad_sampling, max_new_tokens=max_new, seed=args.seed)
     prompt_tokens = [len(lm.encode_chat(p)) for p in prompts]
     lm.generate(prompts[:2], params)  # warm-up: allocator, kernels
 
     result = {"model": config.ad_llm.name, "dtype": str(lm.model.dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "prompts": len(prompts),
               "mean_prompt_tokens": float(np.mean(prompt_tokens)),
-              "max_new_tokens": args.max_new_tokens, "batch_size": lm.max_batch_size}
+              "max_new_tokens": max_new, "batch_size": lm.max_batch_size}
     b_tokens, b_seconds = batched(lm, prompts, params)
     result.update(batched_tokens=b_tokens, batched_seconds=round(b_seconds, 2),
                   batched_tok_s=round(b_tokens / b_seconds, 1))
     if not args.skip_naive:
-        n_tokens, n_seconds = naive_loop(lm, prompts, params)
-        result.update(naive_tokens=n_tokens, naive_seconds=round(n_seconds, 2),
+        naive_prompts = prompts[:args.naive_prompts] if args.naive_prompts else prompts
+        n_tokens, n_seconds = naive_loop(lm, naive_prompts, params)
+        result.update(naive_prompts=len(naive_prompts), naive_tokens=n_tokens, naive_seconds=round(n_seconds, 2),
                       naive_tok_s=round(n_tokens / n_seconds, 1))
         result["ratio"] = round(result["batched_tok_s"] / result["naive_tok_s"], 2)
     if args.json:

@@ -53,22 +53,28 @@ class PreallocatedLayer(DynamicLayer):
         self.capacity = capacity
         self.length = 0
 
+    def allocate(self, rows: int, heads: int, head_dim: int, dtype, device) -> None:
+        shape = (rows, heads, self.capacity, head_dim)
+        self._k = torch.empty(shape, dtype=dtype, device=device)
+        self._v = torch.empty(shape, dtype=dtype, device=device)
+        self.device = device
+        self.is_initialized = True
+        self._set_views()
+
+    def _set_views(self) -> None:
+        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             b, h, _, d = key_states.shape
-            shape = (b, h, self.capacity, d)
-            self._k = key_states.new_empty(shape)
-            self._v = value_states.new_empty(shape)
-            self.device = key_states.device
-            self.is_initialized = True
-        new = key_states.shape[-2]
-        end = self.length + new
+            self.allocate(b, h, d, key_states.dtype, key_states.device)
+        end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
         self._k[:, :, self.length:end] = key_states
         self._v[:, :, self.length:end] = value_states
         self.length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        self._set_views()
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -77,20 +83,43 @@ class PreallocatedLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             self._k, self._v = self._k[indices], self._v[indices]
-            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+            self._set_views()
 
-    def load_prefix(self, keys: torch.Tensor, values: torch.Tensor, rows: int) -> None:
-        """Fill positions [0, P) of `rows` rows with one shared prefix (batch dim 1)."""
-        b, h, p, d = 1, keys.shape[1], keys.shape[2], keys.shape[3]
-        del b
-        self._k = keys.new_empty((rows, h, self.capacity, d))
-        self._v = values.new_empty((rows, h, self.capacity, d))
+    def load_prefix(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill positions [0, P) of every row with one shared prefix (batch dim 1)."""
+        p = keys.shape[2]
         self._k[:, :, :p] = keys
         self._v[:, :, :p] = values
-        self.device = keys.device
-        self.is_initialized = True
         self.length = p
-        self.keys, self.values = self._k[:, :, :p], self._v[:, :, :p]
+        self._set_views()
+
+    def advance(self, tokens: int) -> None:
+        """Mark `tokens` more positions as filled (after row windows wrote them)."""
+        self.length += tokens
+        self._set_views()
+
+
+class _RowWindow(DynamicLayer):
+    """Rows [start, stop) of a PreallocatedLayer, for prefilling a batch a few rows at a time.
+
+    Writes land at the parent's current length, which only `advance` moves, so every window sees
+    the same past length.
+    """
+
+    def __init__(self, parent: PreallocatedLayer, rows: slice):
+        super().__init__()
+        self.parent, self.rows = parent, rows
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        p = self.parent
+        end = p.length + key_states.shape[-2]
+        p._k[self.rows, :, p.length:end] = key_states
+        p._v[self.rows, :, p.length:end] = value_states
+        return p._k[self.rows, :, :end], p._v[self.rows, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.parent.length
 
 
 def _new_cache(num_layers: int, capacity: int) -> DynamicCache:
@@ -111,14 +140,20 @@ class TransformersLM:
     """`LanguageModel` over a Hugging Face causal LM (optionally with a PEFT adapter)."""
 
     def __init__(self, model, tokenizer, name: str = "model", max_batch_size: int = 64,
-                 seed: int = 0):
+                 seed: int = 0, prefill_rows: int = 8):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
         self.rng = np.random.default_rng(seed)
         self.device = next(model.parameters()).device
-        self.num_layers = model.config.get_text_config().num_hidden_layers
+        text_config = model.config.get_text_config()
+        self.num_layers = text_config.num_hidden_layers
+        self.kv_heads = text_config.num_key_value_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or \
+            text_config.hidden_size // text_config.num_attention_heads
+        self.cache_dtype = model.get_input_embeddings().weight.dtype
+        self.prefill_rows = prefill_rows
         stop = {tokenizer.eos_token_id}
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
@@ -174,18 +209,20 @@ class TransformersLM:
     def _prefill(self, prompt_ids: list[list[int]], capacity: int):
         """Run the prompts, one row each; return (cache, last logits, attention mask, next pos)."""
         lengths = [len(p) for p in prompt_ids]
-        shared = _common_prefix_len(prompt_ids) if len(prompt_ids) > 1 else 0
-        shared = min(shared, min(lengths) - 1)
-        cache = _new_cache(self.num_layers, capacity)
         n = len(prompt_ids)
-        if shared >= MIN_SHARED_PREFIX:
+        shared = _common_prefix_len(prompt_ids) if n > 1 else 0
+        shared = min(shared, min(lengths) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        cache = _new_cache(self.num_layers, capacity)
+        for layer in cache.layers:
+            layer.allocate(n, self.kv_heads, self.head_dim, self.cache_dtype, self.device)
+        if shared:
             prefix = torch.tensor([prompt_ids[0][:shared]], device=self.device)
             pre = DynamicCache()
             self.model(input_ids=prefix, cache=pre, use_cache=True, logits_to_keep=1)
             for layer, src in zip(cache.layers, pre.layers):
-                layer.load_prefix(src.keys, src.values, n)
-        else:
-            shared = 0
+                layer.load_prefix(src.keys, src.values)
         suffixes = [p[shared:] for p in prompt_ids]
         width = max(len(s) for s in suffixes)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -196,10 +233,20 @@ class TransformersLM:
             mask[i, shared + width - len(s):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        # A few rows at a time: the activations then stay in the CPU's caches (measured 1.45x
+        # faster than one 64-row pass on 2 cores); the rows share one preallocated cache.
+        logits = []
+        for start in range(0, n, self.prefill_rows):
+            rows = slice(start, start + self.prefill_rows)
+            window = DynamicCache()
+            window.layers = [_RowWindow(layer, rows) for layer in cache.layers]
+            logits.append(self.model(input_ids=ids[rows], attention_mask=mask[rows],
+                                     position_ids=positions[rows], cache=window, use_cache=True,
+                                     logits_to_keep=1).logits[:, -1])
+        for layer in cache.layers:
+            layer.advance(width)
         next_pos = torch.tensor(lengths, device=self.device)
-        return cache, logits, mask, next_pos
+        return cache, torch.cat(logits), mask, next_pos
 
     def _generate_batch(self, batch: list[_Row], encoded: list[list[int]]) -> list[Completion]:
         uniq = sorted({r.prompt for r in batch})
