@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     if not args.skip_naive:
         naive_prompts = prompts[:args.naive_prompts] if args.naive_prompts else prompts
         n_tokens, n_seconds = naive_loop(lm, naive_prompts, params)
-        result.update(naive_prompts=len(naive_prompts), naive_tokens=n_tokens, naive_seconds=round(n_seconds, 2),
-                      naive_tok_s=round(n_tokens / n_seconds, 1))
+        result.update(naive_prompts=len(naive_prompts), naive_tokens=n_tokens,
+                      naive_seconds=round(n_seconds, 2), naive_tok_s=round(n_tokens / n_seconds, 1))
         result["ratio"] = round(result["batched_tok_s"] / result["naive_tok_s"], 2)
     if args.json:
         print(json.dumps(result))
