@@ -46,7 +46,7 @@ def _bid(value: float) -> int | float:
     return int(value) if float(value).is_integer() else round(float(value), 2)
 
 
-_QUERY_EXAMPLES = (
+QUERY_EXAMPLES = (
     ("a 25-34 year old teacher from Oslo, Norway (budget sensitivity: high)", "coffee",
      "Which coffee grinder is worth buying for a small kitchen if I drink two cups a day?"),
     ("a 45-54 year old nurse from Austin, United States (budget sensitivity: low)", "cycling",
@@ -68,7 +68,7 @@ def query_writer_messages(profile: UserProfile, topic: str) -> Chat:
     embedded 135M model mostly answers in the assistant's voice instead of asking.
     """
     messages = []
-    for person, example_topic, question in _QUERY_EXAMPLES:
+    for person, example_topic, question in QUERY_EXAMPLES:
         messages += [{"role": "user", "content": _query_request(person, example_topic)},
                      {"role": "assistant", "content": question}]
     person = (f"a {profile.age_band} year old {profile.occupation} from {profile.region} "

@@ -13,7 +13,7 @@ import numpy as np
 
 from llmauction_sim.domain.users import UserProfile
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
-from llmauction_sim.lm.prompts import query_writer_messages
+from llmauction_sim.lm.prompts import QUERY_EXAMPLES, query_writer_messages
 
 MIN_WORDS, MAX_WORDS = 4, 40
 
@@ -24,6 +24,15 @@ _REJECT = re.compile(
     r"question|ask me)\b|\d+\s*-\s*\d+[- ]year|\d+\+", re.IGNORECASE)  # last two: echoed age bands
 _LABEL = re.compile(r"^\s*(?:q(?:uestion)?|a(?:nswer)?|user)\s*[:.)-]\s*", re.IGNORECASE)
 _QUESTION = re.compile(r"[^?.!\n\"]*\?")
+
+
+def _ngrams(text: str, n: int = 4) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+# Small models tend to copy the prompt's worked examples; four shared words in a row is a copy.
+_EXAMPLE_NGRAMS = set().union(*(_ngrams(q) for _, _, q in QUERY_EXAMPLES))
 
 
 def normalize(query: str) -> str:
@@ -49,6 +58,8 @@ def clean_query(text: str) -> tuple[str | None, str]:
         return None, "too_long"
     if "@" in query or "[" in query:
         return None, "markup"
+    if _ngrams(query) & _EXAMPLE_NGRAMS:
+        return None, "copied_example"
     return query, "ok"
 
 
