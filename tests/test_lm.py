@@ -46,15 +46,6 @@ def chat(question: str, system: str | None = SYSTEM) -> list[dict[str, str]]:
 PROMPTS = [chat(q) for q in QUESTIONS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and idle-spinning threads slow a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
