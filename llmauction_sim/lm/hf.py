@@ -10,7 +10,6 @@ step, and (4) drop finished rows from the batch.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
-
-log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
 
@@ -65,9 +62,6 @@ class PreallocatedLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
 
     def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            b, h, _, d = key_states.shape
-            self.allocate(b, h, d, key_states.dtype, key_states.device)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
