@@ -91,29 +91,95 @@ def cmd_answer(args: argparse.Namespace) -> int:
     start = time.time()
     answers = answer_queries(config, lm, retriever, catalog, profiles, queries, rng)
     seconds = time.time() - start
-    for a in answers:
-        print(f"\n=== {a.query_id} {a.profile.user_id} ({a.profile.describe()})")
-        print(f"Q: {a.query}")
-        print("candidates: " + ", ".join(f"{ad_id} bid {b}" for ad_id, b in a.bids.items()))
-        print(f"A: {a.response}")
-        issues = ", ".join(f"{k}={v}" for k, v in a.report.error_counts().items() if v)
-        print(f"-> exposed: {list(a.report.exposed_ids) or 'none'}; format errors: "
-              f"{issues or 'none'}; s_resp = {a.penalty:g}")
-    ads = sum(a.report.num_ads for a in answers)
-    errors = sum(a.report.num_errors for a in answers)
+    for request, alloc in answers:
+        print(f"\n=== {request.query_id} {request.profile.user_id} "
+              f"({request.profile.describe()})")
+        print(f"Q: {request.query}")
+        print("candidates: " + ", ".join(f"{ad_id} bid {b:g}"
+                                         for ad_id, b in request.bids.items()))
+        print(f"A: {alloc.response}")
+        issues = ", ".join(f"{k}={v}" for k, v in alloc.report.error_counts().items() if v)
+        print(f"-> exposed: {list(alloc.exposed_ids) or 'none'}; format errors: "
+              f"{issues or 'none'}; s_resp = {alloc.penalty:g}")
+    ads = sum(a.report.num_ads for _, a in answers)
+    errors = sum(a.report.num_errors for _, a in answers)
     print(f"\n{len(answers)} answers in {seconds:.1f} s: {ads} valid ad mentions, "
           f"{errors} format errors")
     return 0
 
 
+def _simulate_config(args: argparse.Namespace) -> RunConfig:
+    extra = (_opt("market.steps", args.steps) + _opt("market.queries_per_step", args.queries_per_step)
+             + _opt("market.mechanism", args.mechanism) + _opt("clicks.judge", args.judge)
+             + _opt("market.data", args.data))
+    stored = Path(args.out) / "config.json"
+    if getattr(args, "resume", False) and stored.is_file() and not args.config:
+        # Resume from the run's own config; flags may only extend the number of rounds.
+        import json
+
+        overrides = list(args.overrides) + extra
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        config = RunConfig.from_dict(json.loads(stored.read_text())).with_overrides(overrides)
+    else:
+        config = _resolve_config(args, extra)
+    from llmauction_sim.clicks import make_judge  # noqa: F401  (registers the judges)
+    from llmauction_sim.clicks.base import judge_names
+    from llmauction_sim.mechanisms import check_mechanism
+
+    check_mechanism(config.market.mechanism)
+    if config.clicks.judge not in judge_names():
+        raise ConfigError(f"clicks.judge = {config.clicks.judge!r} is not a click judge; choose "
+                          f"one of {', '.join(judge_names())} (--judge NAME)")
+    return config
+
+
+def _print_summary(out: Path, summary: dict, answers: int = 0) -> None:
+    from llmauction_sim.market.run import sample_answers
+
+    keys = ("queries", "revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
+            "format_error_rate", "no_ad_rate")
+    print("\nsummary (" + str(out / "summary.json") + "):")
+    for key in keys:
+        value = summary[key]
+        print(f"  {key:>18}: {'n/a' if value is None else round(value, 3)}")
+    for _, row in sample_answers(out, answers).iterrows() if answers else []:
+        print(f"\n--- {row['query_id']} (round {row['step']}), bids {row['bids']}")
+        print(f"Q: {row['query']}")
+        print(f"A: {row['response']}")
+        print(f"-> exposed {list(row['exposed']) or 'none'}, clicked "
+              f"{list(row['clicked']) or 'none'}, revenue {row['revenue']:g}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from llmauction_sim.market import simulate
+
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps = {args.steps} must be >= 1")
+    if args.queries_per_step is not None and args.queries_per_step < 1:
+        raise ConfigError(f"--queries-per-step = {args.queries_per_step} must be >= 1")
+    config = _simulate_config(args)
+    summary = simulate(config, args.out, resume=args.resume, progress=not args.quiet)
+    _print_summary(Path(args.out), summary, answers=args.show_answers)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    build = argparse.Namespace(**{**vars(args), "out": out / "data", "profiles": args.profiles,
-                                  "queries_per_profile": 2, "writer": None, "quiet": False})
-    cmd_data_build(build)
-    answer = argparse.Namespace(**{**vars(args), "data": out / "data", "split": "all",
-                                   "num_queries": args.num_queries, "num_candidates": None})
-    return cmd_answer(answer)
+    from llmauction_sim.market import simulate
+
+    args.resume = True  # rerunning the demo reuses a finished run with the same settings
+    config = _simulate_config(args)
+    print(f"demo: {config.market.steps} rounds x {config.market.queries_per_step} queries on "
+          f"{config.ad_llm.name} (mechanism {config.market.mechanism}, judge "
+          f"{config.clicks.judge}) into {args.out}")
+    summary = simulate(config, args.out, resume=(Path(args.out) / "config.json").is_file(),
+                       progress=not args.quiet)
+    _print_summary(Path(args.out), summary, answers=2)
+    if not summary["exposures"]:
+        print("\nnote: the untrained Ad-LLM inserted no valid ad, so nothing was clicked or paid; "
+              "the small embedded model rarely writes the @Title@[ID] markup before training "
+              "(docs/market.md).")
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -160,6 +226,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _market_args(parser: argparse.ArgumentParser, default_out: Path | None,
+                 steps: int | None = None) -> None:
+    if default_out is None:
+        parser.add_argument("--out", type=Path, required=True, help="run folder")
+    else:
+        parser.add_argument("--out", type=Path, default=default_out,
+                            help=f"run folder (default {default_out})")
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"rounds to simulate (default {steps or 'market.steps = 10'})")
+    parser.add_argument("--queries-per-step", type=int,
+                        help="queries per round, answered in one batch (default 8)")
+    parser.add_argument("--mechanism", help="auction mechanism (default pretrained)")
+    parser.add_argument("--judge", help="click judge: embedding, llm or logprob")
+    parser.add_argument("--data", help="folder of `llmauction data build` (default: build a small "
+                        "one inside the run folder)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _config_args(parser)
+
+
 # --------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,13 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(answer)
     answer.set_defaults(func=cmd_answer)
 
-    demo = sub.add_parser("demo", help="build a small data set and answer a few queries",
-                          description="Build a small data set with the User-LLM and answer a "
-                          "few of its queries with the Ad-LLM, on the embedded model.")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--profiles", type=int, default=6)
-    demo.add_argument("--num-queries", type=int, default=4)
-    _config_args(demo)
+    simulate = sub.add_parser(
+        "simulate", help="run the market for N rounds into a run folder",
+        description="Run the stepped market (users ask, the mechanism answers and allocates ads, "
+        "the User-LLM clicks, clicked ads pay) and write OUT/config.json, manifest.json, "
+        "queries.parquet, metrics.parquet, advertisers.parquet, summary.json and metrics.png.")
+    _market_args(simulate, default_out=None)
+    simulate.add_argument("--resume", action="store_true",
+                          help="continue the interrupted run in --out (same settings)")
+    simulate.add_argument("--show-answers", type=int, default=0, metavar="N",
+                          help="print N answers of the run at the end")
+    simulate.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="a small market on the embedded model (a few minutes)",
+                          description="Run a small market on the embedded model and print its "
+                          "summary and two answers; rerunning reuses the finished run.")
+    _market_args(demo, default_out=Path("runs/demo"), steps=3)
     demo.set_defaults(func=cmd_demo)
 
     config = sub.add_parser("config", help="show the resolved config or the field reference")

@@ -333,6 +333,59 @@ class DataConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class ClickConfig(ConfigBase):
+    """The User-LLM's click decisions (see docs/clicks.md)."""
+    judge: str = option("embedding", "Click judge: 'embedding' (transparent MiniLM click model), "
+                        "'llm' (the paper's JSON click prompt) or 'logprob' (P(yes) per ad from "
+                        "the User-LLM's log-probabilities).")
+    max_new_tokens: int = option(96, "Token budget of the 'llm' judge's JSON answer.", min=1)
+    bias: float = option(-6.3, "Embedding judge: click logit of a single ad with zero relevance "
+                         "and zero nativeness.")
+    relevance_weight: float = option(14.0, "Embedding judge: logit gain per unit of relevance "
+                                     "(cosine of the ad to the query, blended with its cosine "
+                                     "to the user's interests).", min=0)
+    profile_weight: float = option(0.35, "Embedding judge: weight of the user's interests "
+                                   "against the query in an ad's relevance.", min=0.0, max=1.0)
+    nativeness_weight: float = option(1.5, "Embedding judge: logit gain of a mention fully woven "
+                                      "into a sentence (nativeness 1) over one dumped on its own "
+                                      "(nativeness 0).", min=0)
+    fatigue: float = option(0.5, "Embedding judge: logit cost, for every inserted ad, of each "
+                            "inserted ad beyond the first (flooding).", min=0)
+    duplicate_similarity: float = option(0.6, "Embedding judge: ads of one category, or with "
+                                         "cosine at least this, compete: at most one of them "
+                                         "is clicked.", min=-1.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class MarketConfig(ConfigBase):
+    """The stepped market (docs/market.md)."""
+    steps: int = option(10, "Rounds to simulate.", min=1)
+    queries_per_step: int = option(8, "Queries asked per round; all go to the Ad-LLM in one "
+                                   "batched call.", min=1)
+    mechanism: str = option("pretrained", "Auction mechanism, by registered name.")
+    bidding: str = option("uniform_per_query", "Advertisers' bid policy: 'uniform_per_query' "
+                          "(paper: integer bid drawn uniformly per query) or 'fixed' (one bid "
+                          "per ad, drawn once).")
+    bid_low: int = option(1, "Lowest bid.", min=0)
+    bid_high: int = option(100, "Highest bid.", min=1)
+    value_low: float = option(1.0, "Lowest private value per click (uniform draw per "
+                              "advertiser).", min=0)
+    value_high: float = option(100.0, "Highest private value per click.", min=0)
+    data: str | None = option(None, "Folder of a `llmauction data build`; default: build a small "
+                              "one (data.* settings) inside the run folder.")
+    split: str = option("train", "Which users ask: the train or the test split of the data.",
+                        choices=["train", "test", "all"])
+
+    def validate(self) -> None:
+        if self.bid_low > self.bid_high:
+            raise ConfigError(f"bid_low = {self.bid_low} is above bid_high = {self.bid_high}; "
+                              "make bid_low <= bid_high")
+        if self.value_low > self.value_high:
+            raise ConfigError(f"value_low = {self.value_low} is above value_high = "
+                              f"{self.value_high}; make value_low <= value_high")
+
+
+@dataclass(frozen=True)
 class RunConfig(ConfigBase):
     seed: int = option(0, "The one seed every random draw derives from.", min=0)
     ad_llm: ModelConfig = section(ModelConfig, "The Ad-LLM (allocation rule).")
@@ -345,6 +398,8 @@ class RunConfig(ConfigBase):
     retrieval: RetrievalConfig = section(RetrievalConfig, "Candidate retrieval before the prompt.")
     penalty: PenaltyConfig = section(PenaltyConfig, "Format penalty s_resp(y).")
     data: DataConfig = section(DataConfig, "Synthetic users and their queries.")
+    clicks: ClickConfig = section(ClickConfig, "The User-LLM's click decisions.")
+    market: MarketConfig = section(MarketConfig, "The stepped market.")
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates

@@ -21,13 +21,16 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ["data", "answer", "demo", "config", "models", "--verbose"]),
+    ([], ["data", "answer", "simulate", "demo", "config", "models", "--verbose"]),
     (["data"], ["build"]),
     (["data", "build"], ["--out", "--profiles", "--queries-per-profile", "--writer", "--quiet",
                          "--config", "--set", "--seed"]),
     (["answer"], ["--data", "--split", "--num-queries", "--num-candidates", "--config", "--set",
                   "--seed"]),
-    (["demo"], ["--out", "--profiles", "--num-queries", "--config", "--set", "--seed"]),
+    (["simulate"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--data",
+                    "--resume", "--show-answers", "--quiet", "--config", "--set", "--seed"]),
+    (["demo"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--config",
+                "--set", "--seed"]),
     (["config"], ["show", "docs"]),
     (["config", "show"], ["--config", "--set", "--seed"]),
     (["config", "docs"], ["usage:"]),
@@ -171,3 +174,17 @@ def test_models_prepare_unknown_name(capsys, tmp_path: Path) -> None:
     code, _, err = run(capsys, ["models", "--prepare", str(tmp_path / "nope")])
     assert code == 2
     assert "was not found" in err and "Fix:" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps = 0 must be >= 1"),
+    (["--queries-per-step", "-2"], "--queries-per-step = -2 must be >= 1"),
+    (["--mechanism", "pretrianed"], "did you mean 'pretrained'"),
+    (["--judge", "embeding"], "is not a click judge"),
+    (["--resume"], "no run to resume"),
+    (["--set", "market.bid_low=500"], "bid_low = 500 is above bid_high"),
+])
+def test_simulate_bad_input(capsys, tmp_path, argv, message) -> None:
+    code, _, err = run(capsys, ["simulate", "--out", str(tmp_path / "run"), "--quiet", *argv])
+    assert code == 2
+    assert message in err

@@ -105,3 +105,21 @@ def test_cli_answer(llm_data: Path, capsys, tmp_path: Path, monkeypatch) -> None
     assert "answers in" in out
     assert out.count("\n=== Q-") == 2
     assert out.count("\nA: ") == 2
+
+
+def test_cli_simulate(llm_data: Path, capsys, tmp_path: Path) -> None:
+    """A tiny market on the embedded model: real Ad-LLM answers, the default click judge."""
+    out = tmp_path / "run"
+    code = main(["simulate", "--out", str(out), "--steps", "2", "--queries-per-step", "2",
+                 "--data", str(llm_data), "--seed", "5", "--quiet", "--show-answers", "1",
+                 "--set", "market.split=all", "--set", "ad_sampling.max_new_tokens=48"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert "revenue_per_query" in printed and "\nA: " in printed
+    queries = pd.read_parquet(out / "queries.parquet")
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert len(queries) == 4 and list(metrics["step"]) == [1, 2]
+    assert all(queries["response"].str.len() > 0)
+    for _, row in queries.iterrows():
+        assert set(row["clicked"]) <= set(row["exposed"]) <= set(row["candidates"])
+    assert (out / "metrics.png").stat().st_size > 1000

@@ -571,3 +571,37 @@ def test_embedded_model_is_converted() -> None:
     folder = Path(resolve_model(registry.EMBEDDED_MODEL))
     assert (folder / "config.json").is_file()
     assert folder.name == registry.EMBEDDED_MODEL
+
+
+@pytest.mark.parametrize("q_len, padded", [(1, False), (1, True), (5, False), (5, True)])
+def test_cascade_attention_equals_attention_over_the_full_sequence(q_len, padded) -> None:
+    """Prefix stored once + per-row part, merged by log-sum-exp == SDPA on [prefix | rows]."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    b, heads, kv_heads, d, prefix, own = 3, 6, 2, 16, 7, 9
+    query = torch.randn(b, heads, q_len, d)
+    key, value = torch.randn(b, kv_heads, own, d), torch.randn(b, kv_heads, own, d)
+    pk, pv = torch.randn(1, kv_heads, prefix, d), torch.randn(1, kv_heads, prefix, d)
+    allowed = torch.ones(b, 1, q_len, own, dtype=torch.bool).tril(own - q_len)
+    if padded:
+        allowed[0, :, :, :2] = False  # row 0 is left-padded by two tokens
+    module = SimpleNamespace(shared_prefix_kv=(pk, pv), num_key_value_groups=heads // kv_heads)
+    out, _ = hf.cascade_attention(module, query, key, value, allowed, scaling=d ** -0.5)
+
+    full_k = torch.cat([pk.expand(b, -1, -1, -1), key], 2).repeat_interleave(3, dim=1)
+    full_v = torch.cat([pv.expand(b, -1, -1, -1), value], 2).repeat_interleave(3, dim=1)
+    full_mask = torch.cat([torch.ones(b, 1, q_len, prefix, dtype=torch.bool), allowed], -1)
+    ref = torch.nn.functional.scaled_dot_product_attention(query, full_k, full_v,
+                                                           attn_mask=full_mask)
+    rows = slice(2, None) if padded and q_len > 1 else slice(None)  # pad queries are don't-care
+    torch.testing.assert_close(out[:, rows], ref.transpose(1, 2)[:, rows])
+
+
+def test_cascade_generation_equals_copied_prefix(model, tokenizer, lm: TransformersLM) -> None:
+    assert lm.attention, "the tiny llama runs SDPA, so generation uses cascade attention"
+    copied = TransformersLM(model, tokenizer, name="tiny-copied")
+    copied.attention = {}  # the shared prefix is then copied into every row
+    params = SamplingParams(temperature=0.7, top_k=20, max_new_tokens=12, seed=3)
+    assert texts(lm.generate(PROMPTS, params)) == texts(copied.generate(PROMPTS, params))
+    assert texts(lm.generate(PROMPTS, GREEDY)) == texts(copied.generate(PROMPTS, GREEDY))

@@ -1,6 +1,6 @@
-"""Prompt builders: the Ad-LLM's allocation prompt and the User-LLM's query-writing prompt.
+"""Prompt builders: the Ad-LLM's allocation prompt and the User-LLM's query and click prompts.
 
-Both follow the paper's prompts (see docs/prompts.md). The Ad-LLM's rules live in the system message,
+They follow the paper's prompts (see docs/prompts.md). The Ad-LLM's rules live in the system message,
 which is identical for every query, so a batch's shared prefix is computed once by the backend.
 """
 
@@ -74,3 +74,84 @@ def query_writer_messages(profile: UserProfile, topic: str) -> Chat:
     person = (f"a {profile.age_band} year old {profile.occupation} from {profile.region} "
               f"(budget sensitivity: {profile.budget_sensitivity})")
     return messages + [{"role": "user", "content": _query_request(person, topic)}]
+
+
+# ------------------------------------------------------------------------------------------------
+# User-LLM click judge
+# ------------------------------------------------------------------------------------------------
+
+CLICK_JUDGE_SYSTEM = (
+    "You play the user described in the profile. You asked an AI assistant a question and read "
+    "its answer. Sponsored products in the answer are written as @Title@[ID]. Decide for each "
+    "inserted product whether you would click it.\n"
+    "Rules:\n"
+    "1. Relevance: click only a product that fits your needs in the question or your "
+    "interests.\n"
+    "2. Nativeness: a product forced into the answer, or that does not fit the sentence around "
+    "it, gets no click.\n"
+    "3. Competition: of several similar products, click at most one.\n"
+    "4. Flooding: if the answer has too many products or much irrelevant product text, click "
+    "none.\n"
+    'Reply with only a JSON list, one entry per inserted product, in order: [{"ad_id": "ID", '
+    '"clicked": true or false, "reason": "a few words"}]. Reply [] if no product is inserted.'
+)
+
+# Two worked examples (a shared prefix, computed once per batch). A small model copies the format
+# far more reliably from examples than from the rule text; the second one, with a single product
+# that is not clicked, keeps it from inventing a second entry or always answering true.
+CLICK_EXAMPLES = (
+    ("User profile: 25-34, nurse in Lisbon, Portugal; budget sensitivity: medium; interests: "
+     "hiking gear, tea\n"
+     "Question: Which boots should I take for a weekend hike in the mountains?\n"
+     "Answer: Pick boots with ankle support and a grippy sole, and break them in before the "
+     "trip. @Summit Trek Boots@[Ad-0101] are waterproof and light, which helps on wet trails. "
+     "After the hike, relax with @Cask Reserve Red Wine@[Ad-0102].\n"
+     "Inserted products: Ad-0101 (Summit Trek Boots), Ad-0102 (Cask Reserve Red Wine)",
+     '[{"ad_id": "Ad-0101", "clicked": true, "reason": "boots for my hike"}, '
+     '{"ad_id": "Ad-0102", "clicked": false, "reason": "wine is not what I asked about"}]'),
+    ("User profile: 35-44, chef in Tokyo, Japan; budget sensitivity: low; interests: coffee, "
+     "cycling\n"
+     "Question: How do I keep my bike chain clean in the rain?\n"
+     "Answer: Wipe the chain after every wet ride and use a wet-weather lube. @Glowmark Scented "
+     "Candles@[Ad-0103] make any evening cosy. Check the chain for stretch every few months.\n"
+     "Inserted products: Ad-0103 (Glowmark Scented Candles)",
+     '[{"ad_id": "Ad-0103", "clicked": false, "reason": "candles have nothing to do with my '
+     'bike"}]'),
+)
+
+
+def click_context(profile: UserProfile, query: str, response: str) -> str:
+    """What the simulated user sees: profile line, question and answer (mentions as written)."""
+    return f"User profile: {profile.describe()}\nQuestion: {query}\nAnswer: {response}"
+
+
+def click_judge_messages(profile: UserProfile, query: str, response: str,
+                         exposed: Sequence[Ad]) -> Chat:
+    """The paper's click prompt: rules, two worked examples, then profile, question and answer.
+
+    The inserted products are listed after the answer (ID and title) so the reply can name each
+    one; the reply is a JSON list with one ``{"ad_id", "clicked", "reason"}`` per product.
+    """
+    listed = ", ".join(f"{ad.id} ({ad.title})" for ad in exposed) or "none"
+    user = f"{click_context(profile, query, response)}\nInserted products: {listed}"
+    messages = [{"role": "system", "content": CLICK_JUDGE_SYSTEM}]
+    for example, answer in CLICK_EXAMPLES:
+        messages += [{"role": "user", "content": example},
+                     {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": user}]
+
+
+CLICK_QUESTION_SYSTEM = (
+    "You play the user described in the profile. You asked an AI assistant a question and read "
+    "its answer, which may mention sponsored products as @Title@[ID]. You click a product only "
+    "if it fits your needs or interests and fits naturally into the answer. Answer with one "
+    "word: Yes or No."
+)
+
+
+def click_question_messages(profile: UserProfile, query: str, response: str, ad: Ad) -> Chat:
+    """The log-probability judge's prompt: would this user click on this one product?"""
+    user = (f"{click_context(profile, query, response)}\n"
+            f"Would this user click on {ad.title}? Answer yes or no.")
+    return [{"role": "system", "content": CLICK_QUESTION_SYSTEM},
+            {"role": "user", "content": user}]

@@ -1,0 +1,97 @@
+"""The click-judge interface (the paper's User-LLM deciding clicks) and its registry."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from llmauction_sim.domain.catalog import Ad
+from llmauction_sim.domain.mentions import Mention
+from llmauction_sim.domain.users import UserProfile
+
+
+@dataclass(frozen=True)
+class ClickRequest:
+    """One answered query: what the user saw. `exposed` are the validly inserted ads, in order."""
+
+    profile: UserProfile
+    query: str
+    response: str
+    exposed: tuple[Ad, ...]
+    mentions: tuple[Mention, ...] = ()  # the valid mentions behind `exposed` (positions in text)
+
+
+@dataclass(frozen=True)
+class ClickDecision:
+    """The user's clicks on one response.
+
+    `clicked` is a subset of the exposed IDs. `probabilities` holds the judge's click probability
+    per exposed ad where it has one (used for AUC and as a pCTR-like signal). `malformed` is True
+    when the judge's output could not be read and its stated fallback rule decided instead.
+    """
+
+    clicked: tuple[str, ...]
+    probabilities: dict[str, float] = field(default_factory=dict)
+    malformed: bool = False
+
+
+class ClickJudge(Protocol):
+    name: str
+
+    def judge(self, requests: Sequence[ClickRequest], rng: np.random.Generator
+              ) -> list[ClickDecision]:
+        """Decide clicks for every request in ONE batched model call; draws only from `rng`."""
+        ...
+
+
+class ClickModel(ClickJudge, Protocol):
+    """A judge that also gives a click probability per exposed ad without drawing clicks."""
+
+    def probabilities(self, requests: Sequence[ClickRequest]) -> list[dict[str, float]]:
+        """One {ad_id: P(click)} per request (empty when nothing is exposed); one model call."""
+        ...
+
+
+def keep_one_per_group(clicked: np.ndarray, probs: np.ndarray, compete: np.ndarray
+                       ) -> np.ndarray:
+    """At most one click among competing ads.
+
+    `clicked` [n] bool (the independent draws), `probs` [n], `compete` [n, n] bool symmetric
+    (True where two ads are similar). Clicked ads are visited in order of decreasing probability
+    (the earlier exposed first on ties); one is kept unless it competes with an ad already kept.
+    """
+    keep = np.zeros(len(clicked), dtype=bool)
+    for i in np.argsort(-np.asarray(probs), kind="stable"):
+        if clicked[i] and not (compete[i] & keep).any():
+            keep[i] = True
+    return keep
+
+
+_JUDGES: dict[str, Callable[..., ClickJudge]] = {}
+
+
+def register_judge(name: str, factory: Callable[..., ClickJudge]) -> None:
+    """Register `factory(config: RunConfig, **resources) -> ClickJudge` under `name`."""
+    _JUDGES[name] = factory
+
+
+def judge_names() -> list[str]:
+    return sorted(_JUDGES)
+
+
+def make_judge(name: str, config, **resources) -> ClickJudge:
+    """Build the judge registered as `name`; an unknown name lists the known ones.
+
+    `resources` (all optional) are `user_lm` (a `LanguageModel`), `encoder` (a `TextEncoder`) and
+    `catalog`; a judge loads what it needs and was not given.
+    """
+    if name not in _JUDGES:
+        close = difflib.get_close_matches(name, list(_JUDGES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown click judge {name!r}{hint}; choose one of "
+                         f"{', '.join(judge_names())} (config: clicks.judge, CLI: --judge)")
+    return _JUDGES[name](config, **resources)

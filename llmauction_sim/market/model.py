@@ -1,0 +1,187 @@
+"""`AdMarket`: the Mesa model whose step is one round of LLM-native ad auctions.
+
+One round: some users each ask one query; candidate ads are retrieved; every candidate's
+advertiser bids; the auctioneer's mechanism answers ALL the round's queries in one batched call;
+the User-LLM judges ALL the answers' clicks in one batched call; clicked ads pay (first price per
+click for the paper's mechanisms). Every random draw of round t comes from a Generator seeded by
+(seed, t), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import mesa
+import numpy as np
+import pandas as pd
+
+from llmauction_sim.clicks.base import ClickRequest, make_judge
+from llmauction_sim.config import RunConfig
+from llmauction_sim.domain.catalog import Catalog, load_catalog
+from llmauction_sim.domain.users import profiles_from_frame
+from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+from llmauction_sim.market.agents import AdvertiserAgent, AuctioneerAgent, UserAgent, make_bid_policy
+from llmauction_sim.mechanisms import AuctionRequest, make_mechanism
+
+_VALUES_STREAM, _ROUND_STREAM = 1, 2  # independent seed streams: advertiser setup, rounds
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else math.nan
+
+
+MODEL_REPORTERS = {
+    "queries": lambda m: len(m.round_records),
+    "revenue_per_query": lambda m: _mean(r["revenue"] for r in m.round_records),
+    "reward_per_query": lambda m: _mean(r["reward"] for r in m.round_records),
+    "ctr": lambda m: (sum(len(r["clicked"]) for r in m.round_records)
+                      / max(1, sum(len(r["exposed"]) for r in m.round_records))
+                      if any(r["exposed"] for r in m.round_records) else math.nan),
+    "ads_per_response": lambda m: _mean(len(r["exposed"]) for r in m.round_records),
+    "format_error_rate": lambda m: _mean(r["format_errors"] > 0 for r in m.round_records),
+    "no_ad_rate": lambda m: _mean(not r["exposed"] for r in m.round_records),
+    "judge_malformed_rate": lambda m: _mean(r["judge_malformed"] for r in m.round_records),
+}
+
+ADVERTISER_REPORTERS = {
+    "ad_id": "ad_id",
+    "value_per_click": "value_per_click",
+    "bid": "bid",
+    "auctions": "auctions",
+    "exposures": "exposures",
+    "clicks": "clicks",
+    "spend": "spend",
+    "value": "value",
+    "roi": "roi",
+    "utility": "utility",
+}
+
+
+class AdMarket(mesa.Model):
+    """A market of users, one advertiser per catalog ad, and an auctioneer.
+
+    `profiles` / `queries` are the frames of a data build (profiles.parquet / queries.parquet);
+    every user in `profiles` becomes a UserAgent with its queries. Resources (models, encoder,
+    catalog, mechanism, judge) are built from `config` unless passed in.
+    """
+
+    def __init__(self, config: RunConfig, profiles: pd.DataFrame, queries: pd.DataFrame, *,
+                 catalog: Catalog | None = None, encoder=None, retriever=None, mechanism=None,
+                 judge=None, ad_lm=None, user_lm=None):
+        super().__init__(seed=config.seed)
+        self.config = config
+        market = config.market
+        self.catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+        if retriever is None:
+            encoder = encoder if encoder is not None else load_encoder(config.retrieval.encoder)
+            retriever = CandidateRetriever(self.catalog, encoder, config.retrieval.num_candidates,
+                                           config.retrieval.profile_weight)
+        self.retriever = retriever
+        encoder = encoder if encoder is not None else retriever.encoder
+        mechanism = mechanism if mechanism is not None else make_mechanism(
+            market.mechanism, config, ad_lm=ad_lm, catalog=self.catalog)
+        self.judge = judge if judge is not None else make_judge(
+            config.clicks.judge, config, user_lm=user_lm, encoder=encoder, catalog=self.catalog)
+
+        by_user: dict[str, list[tuple[str, str]]] = {}
+        for qid, uid, text in zip(queries["query_id"], queries["user_id"], queries["query"]):
+            by_user.setdefault(uid, []).append((qid, text))
+        self.users = [UserAgent(self, p, by_user[p.user_id])
+                      for p in profiles_from_frame(profiles) if p.user_id in by_user]
+        if not self.users:
+            raise ValueError("no user has a query: pass the profiles and queries of one data "
+                             "build (`llmauction data build`)")
+        setup = np.random.default_rng([config.seed, _VALUES_STREAM])
+        values = setup.uniform(market.value_low, market.value_high, len(self.catalog))
+        self.advertisers = {
+            ad.id: AdvertiserAgent(self, ad, v, make_bid_policy(market.bidding, market, v, setup))
+            for ad, v in zip(self.catalog, values)}
+        self.auctioneer = AuctioneerAgent(self, mechanism)
+        self.round_records: list[dict] = []
+        self.timings: dict[str, float] = {}
+        self.datacollector = mesa.DataCollector(
+            model_reporters=MODEL_REPORTERS,
+            agenttype_reporters={AdvertiserAgent: ADVERTISER_REPORTERS})
+
+    def round_rng(self, round_index: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, _ROUND_STREAM, round_index])
+
+    def step(self) -> None:
+        rng = self.round_rng(self.steps)
+        q = self.config.market.queries_per_step
+        picked = rng.choice(len(self.users), size=q, replace=q > len(self.users))
+        asked = [(self.users[int(i)], *self.users[int(i)].next_query(rng)) for i in picked]
+        profiles = [u.profile for u, _, _ in asked]
+        texts = [text for _, _, text in asked]
+
+        t0 = time.perf_counter()
+        candidates = self.retriever.retrieve(profiles, texts)
+        requests = []
+        for (user, qid, text), cands in zip(asked, candidates):
+            bids = {ad.id: self.advertisers[ad.id].place_bid(text, rng) for ad in cands}
+            requests.append(AuctionRequest(qid, user.profile, text, tuple(cands), bids))
+        t1 = time.perf_counter()
+        allocations = self.auctioneer.allocate(requests, rng)
+        t2 = time.perf_counter()
+        decisions = self.judge.judge(
+            [ClickRequest(r.profile, r.query, a.response,
+                          tuple(self.catalog.by_id(i) for i in a.exposed_ids), a.report.valid)
+             for r, a in zip(requests, allocations)], rng)
+        t3 = time.perf_counter()
+
+        self.round_records = []
+        for (user, qid, text), request, alloc, decision in zip(asked, requests, allocations,
+                                                                decisions):
+            exposed = alloc.exposed_ids
+            clicked = tuple(c for c in decision.clicked if c in exposed)
+            payments = self.auctioneer.charge(request, alloc, clicked)
+            for ad in request.candidates:
+                self.advertisers[ad.id].settle(request.bids[ad.id], ad.id in exposed,
+                                               int(ad.id in clicked), payments.get(ad.id, 0.0))
+            user.clicks += len(clicked)
+            revenue = float(sum(payments.values()))
+            self.round_records.append({
+                "step": self.steps,
+                "query_id": qid,
+                "user_id": user.profile.user_id,
+                "query": text,
+                "response": alloc.response,
+                "candidates": [ad.id for ad in request.candidates],
+                "bids": json.dumps(request.bids, sort_keys=True),
+                "exposed": list(exposed),
+                "clicked": list(clicked),
+                "click_probabilities": json.dumps(decision.probabilities, sort_keys=True),
+                "revenue": revenue,
+                "format_penalty": alloc.penalty,
+                # Paper's R with the realised clicks standing in for pCTR (no reward model yet).
+                "reward": revenue - alloc.penalty,
+                "format_errors": alloc.report.num_errors,
+                "format_error_kinds": json.dumps(
+                    {k: v for k, v in alloc.report.error_counts().items() if v}, sort_keys=True),
+                "judge_malformed": bool(decision.malformed),
+            })
+        for key, seconds in (("retrieve_and_bid", t1 - t0), ("allocate", t2 - t1),
+                             ("judge", t3 - t2)):
+            self.timings[key] = self.timings.get(key, 0.0) + seconds
+        self.datacollector.collect(self)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything a resumed run needs besides the logs (JSON-serialisable)."""
+        return {"steps": self.steps,
+                "users": {u.profile.user_id: u.state() for u in self.users},
+                "advertisers": {i: a.state() for i, a in self.advertisers.items()},
+                "auctioneer": self.auctioneer.state(),
+                "timings": self.timings}
+
+    def load_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        for user in self.users:
+            user.load_state(state["users"][user.profile.user_id])
+        for ad_id, advertiser in self.advertisers.items():
+            advertiser.load_state(state["advertisers"][ad_id])
+        self.auctioneer.load_state(state["auctioneer"])
+        self.timings = dict(state["timings"])

@@ -1,0 +1,220 @@
+"""`simulate`: run an AdMarket for N rounds into a run folder, checkpointing every round.
+
+Run folder layout::
+
+    config.json        resolved config          manifest.json   versions, seed, git commit, timings
+    queries.parquet    one row per query        metrics.parquet one row per round (model reporters)
+    advertisers.parquet one row per advertiser and round (agent reporters)
+    summary.json       whole-run metrics        metrics.png     the reporters over rounds
+    .state/            per-round parts and the market state (what --resume continues from)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from llmauction_sim.config import RunConfig
+from llmauction_sim.manifest import environment, write_json
+
+PLOTTED = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
+           "format_error_rate", "no_ad_rate")
+
+
+class RunFolderError(ValueError):
+    """The run folder conflicts with the request (existing run, other config, missing state)."""
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_config(stored: RunConfig, requested: RunConfig, out: Path) -> None:
+    a, b = _flatten(stored.to_dict()), _flatten(requested.to_dict())
+    diff = sorted(k for k in a if a[k] != b.get(k) and k != "market.steps")
+    if diff:
+        shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:5])
+        raise RunFolderError(f"{out} was started with another config ({shown}); resume with the "
+                             "same settings (only --steps may change) or use a new --out")
+
+
+def _data_for(config: RunConfig, out: Path, progress: bool):
+    from llmauction_sim.data import build_dataset, load_dataset
+
+    if config.market.data:
+        return load_dataset(config.market.data)
+    if (out / "data" / "queries.parquet").is_file():  # built when this run started
+        return load_dataset(out / "data")
+    # Just enough users for the run: every asked query is then a fresh one.
+    market, data = config.market, config.data
+    share = {"train": 1 - data.test_fraction, "test": data.test_fraction, "all": 1.0}[market.split]
+    needed = math.ceil(market.steps * market.queries_per_step
+                       / data.queries_per_profile / max(share, 1e-9))
+    profiles = min(data.profiles, max(needed, 2))
+    build = config.with_overrides([f"data.profiles={profiles}"])
+    build_dataset(build, out / "data", progress=progress)
+    return load_dataset(out / "data")
+
+
+def _select_split(profiles: pd.DataFrame, queries: pd.DataFrame, split: str, where: Path | str):
+    if split == "all":
+        return profiles, queries
+    chosen = queries[queries["split"] == split]
+    if chosen.empty:
+        raise RunFolderError(f"the data in {where} has no '{split}' queries; set market.split "
+                             "to 'all' or build more profiles")
+    return profiles[profiles["user_id"].isin(set(chosen["user_id"]))], chosen
+
+
+def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+             **resources) -> dict:
+    """Run `config.market.steps` rounds into `out`; return the summary. See the module doc."""
+    out = Path(out)
+    state_dir = out / ".state"
+    state_file = state_dir / "market.json"
+    if resume:
+        if not (out / "config.json").is_file():
+            raise RunFolderError(f"{out} has no run to resume (no config.json); start it "
+                                 "without --resume")
+        _check_same_config(RunConfig.from_dict(json.loads((out / "config.json").read_text())),
+                           config, out)
+    elif (out / "config.json").is_file():
+        raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or "
+                             "choose another --out")
+    started = time.time()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+
+    from llmauction_sim.market.model import AdMarket
+
+    profiles, queries = _data_for(config, out, progress)
+    profiles, queries = _select_split(profiles, queries, config.market.split,
+                                      config.market.data or out / "data")
+    market = AdMarket(config, profiles, queries, **resources)
+    done = 0
+    if resume and state_file.is_file():
+        state = json.loads(state_file.read_text())
+        market.load_state(state["market"])
+        done = market.steps
+    for part in state_dir.glob("step-*.parquet"):  # from a round that never committed its state
+        if int(part.name.split("-")[1].split(".")[0]) > done:
+            part.unlink()
+
+    bar = tqdm(total=config.market.steps, initial=min(done, config.market.steps),
+               desc="simulating", unit="round", disable=not progress)
+    while market.steps < config.market.steps:
+        market.step()
+        t = market.steps
+        _atomic_parquet(pd.DataFrame(market.round_records),
+                        state_dir / f"step-{t:06d}.queries.parquet")
+        metrics = market.datacollector.get_model_vars_dataframe().iloc[[-1]].assign(step=t)
+        _atomic_parquet(metrics, state_dir / f"step-{t:06d}.metrics.parquet")
+        adv = market.datacollector.get_agenttype_vars_dataframe(type(next(
+            iter(market.advertisers.values())))).xs(t, level="Step").reset_index(drop=True)
+        _atomic_parquet(adv.assign(step=t), state_dir / f"step-{t:06d}.advertisers.parquet")
+        write_json(state_file, {"market": market.state()})  # commits round t
+        bar.update(1)
+        bar.set_postfix(revenue_per_query=f"{metrics['revenue_per_query'].iloc[0]:.1f}")
+    bar.close()
+    return finalize(out, config, market.timings, time.time() - started)
+
+
+def _gather(state_dir: Path, kind: str, steps: int) -> pd.DataFrame:
+    parts = [pd.read_parquet(state_dir / f"step-{t:06d}.{kind}.parquet")
+             for t in range(1, steps + 1)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def summarize(queries: pd.DataFrame) -> dict:
+    """Whole-run metrics from the per-query log (null where undefined, e.g. CTR with no ads)."""
+    exposures = int(queries["exposed"].map(len).sum())
+    clicks = int(queries["clicked"].map(len).sum())
+
+    def mean(series) -> float | None:
+        return float(series.mean()) if len(series) else None
+
+    return {
+        "queries": len(queries),
+        "revenue": float(queries["revenue"].sum()),
+        "revenue_per_query": mean(queries["revenue"]),
+        "reward_per_query": mean(queries["reward"]),
+        "ctr": clicks / exposures if exposures else None,
+        "ads_per_response": mean(queries["exposed"].map(len)),
+        "format_error_rate": mean(queries["format_errors"] > 0),
+        "no_ad_rate": mean(queries["exposed"].map(len) == 0),
+        "judge_malformed_rate": mean(queries["judge_malformed"]),
+        "exposures": exposures,
+        "clicks": clicks,
+    }
+
+
+def finalize(out: Path, config: RunConfig, timings: dict, seconds: float) -> dict:
+    """Assemble the per-round parts into the run's tables, summary, plot and manifest."""
+    state_dir = out / ".state"
+    steps = config.market.steps
+    queries = _gather(state_dir, "queries", steps)
+    metrics = _gather(state_dir, "metrics", steps)
+    metrics = metrics[["step", *[c for c in metrics.columns if c != "step"]]]
+    advertisers = _gather(state_dir, "advertisers", steps)
+    _atomic_parquet(queries, out / "queries.parquet")
+    _atomic_parquet(metrics, out / "metrics.parquet")
+    _atomic_parquet(advertisers, out / "advertisers.parquet")
+    summary = {"steps": steps, "seed": config.seed, "mechanism": config.market.mechanism,
+               "judge": config.clicks.judge, **summarize(queries)}
+    write_json(out / "summary.json", summary)
+    plot_metrics(metrics, out / "metrics.png")
+    previous = {}
+    if (out / "manifest.json").is_file():
+        previous = json.loads((out / "manifest.json").read_text())
+    write_json(out / "manifest.json", {
+        "seed": config.seed, **environment(),
+        "sessions": previous.get("sessions", 0) + 1,
+        "seconds": previous.get("seconds", 0.0) + seconds,
+        "timings": {k: round(v, 3) for k, v in timings.items()}})
+    return summary
+
+
+def plot_metrics(metrics: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
+    for ax, name in zip(axes.flat, PLOTTED):
+        ax.plot(metrics["step"], metrics[name], marker="o", ms=3)
+        ax.set_title(name.replace("_", " "))
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def sample_answers(out: str | Path, count: int = 2) -> pd.DataFrame:
+    """A few answers of a run, preferring ones with inserted ads (for printing)."""
+    queries = pd.read_parquet(Path(out) / "queries.parquet")
+    order = np.argsort(-queries["exposed"].map(len).to_numpy(), kind="stable")
+    return queries.iloc[order[:count]]

@@ -1,0 +1,92 @@
+"""The mechanism interface: (query, profile, candidates, bids) -> response + exposures; clicks ->
+payments. Mechanisms are registered by name (``register_mechanism`` / ``make_mechanism``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from llmauction_sim.domain.catalog import Ad
+from llmauction_sim.domain.mentions import MentionReport
+from llmauction_sim.domain.payments import first_price_per_click
+from llmauction_sim.domain.users import UserProfile
+
+
+@dataclass(frozen=True)
+class AuctionRequest:
+    """One query's auction: the user, the question, the candidate ads and their bids."""
+
+    query_id: str
+    profile: UserProfile
+    query: str
+    candidates: tuple[Ad, ...]
+    bids: Mapping[str, float]
+
+    def candidate_titles(self) -> dict[str, str]:
+        return {ad.id: ad.title for ad in self.candidates}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the mechanism showed: the response, its parsed mentions, and its format penalty."""
+
+    response: str
+    report: MentionReport
+    penalty: float
+
+    @property
+    def exposed_ids(self) -> tuple[str, ...]:
+        return self.report.exposed_ids
+
+
+class Mechanism(Protocol):
+    name: str
+
+    def allocate(self, requests: Sequence[AuctionRequest], rng: np.random.Generator
+                 ) -> list[Allocation]:
+        """Allocate every request in one batched model call; draws only from `rng`."""
+        ...
+
+    def payments(self, request: AuctionRequest, allocation: Allocation,
+                 clicked: Sequence[str]) -> dict[str, float]:
+        """Payment per ad ID for the realised clicks."""
+        ...
+
+
+class FirstPricePerClick:
+    """Mixin: the paper's payment rule (each click costs the clicked ad its bid)."""
+
+    def payments(self, request: AuctionRequest, allocation: Allocation,
+                 clicked: Sequence[str]) -> dict[str, float]:
+        exposed = set(allocation.exposed_ids)
+        return first_price_per_click(request.bids, [c for c in clicked if c in exposed])
+
+
+_MECHANISMS: dict[str, Callable[..., Mechanism]] = {}
+
+
+def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> None:
+    """Register `factory(config: RunConfig, **resources) -> Mechanism` under `name`."""
+    _MECHANISMS[name] = factory
+
+
+def mechanism_names() -> list[str]:
+    return sorted(_MECHANISMS)
+
+
+def check_mechanism(name: str) -> None:
+    if name not in _MECHANISMS:
+        close = difflib.get_close_matches(name, list(_MECHANISMS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown mechanism {name!r}{hint}; choose one of "
+                         f"{', '.join(mechanism_names())} (config: market.mechanism, "
+                         "CLI: --mechanism)")
+
+
+def make_mechanism(name: str, config, **resources) -> Mechanism:
+    check_mechanism(name)
+    return _MECHANISMS[name](config, **resources)

@@ -1,0 +1,56 @@
+"""`pretrained`: one pass of the (untrained) Ad-LLM with all candidates and bids in its prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from llmauction_sim.domain.mentions import format_penalty, validate_response
+from llmauction_sim.lm.base import LanguageModel, SamplingParams
+from llmauction_sim.lm.prompts import ad_llm_messages
+from llmauction_sim.mechanisms.base import (
+    Allocation,
+    AuctionRequest,
+    FirstPricePerClick,
+    register_mechanism,
+)
+
+
+class SinglePassMechanism(FirstPricePerClick):
+    """The LLM is the allocation rule: it writes one answer and decides which ads to mention."""
+
+    def __init__(self, name: str, lm: LanguageModel, sampling, penalty, catalog_ids):
+        self.name = name
+        self.lm = lm
+        self.sampling = sampling
+        self.penalty = penalty
+        self.catalog_ids = frozenset(catalog_ids)
+
+    def allocate(self, requests: Sequence[AuctionRequest], rng: np.random.Generator
+                 ) -> list[Allocation]:
+        if not requests:
+            return []
+        prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+        params = [SamplingParams.from_config(self.sampling, seed=int(s))
+                  for s in rng.integers(0, 2**63, len(requests))]
+        outputs = self.lm.generate(prompts, params)
+        allocations = []
+        for request, out in zip(requests, outputs):
+            text = out[0].text
+            report = validate_response(text, request.candidate_titles(), self.catalog_ids)
+            allocations.append(Allocation(text, report, format_penalty(report, self.penalty)))
+        return allocations
+
+
+def _pretrained(config, *, ad_lm=None, catalog=None, **_):
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.lm.hf import load_language_model
+
+    ad_lm = ad_lm if ad_lm is not None else load_language_model(config.ad_llm, seed=config.seed)
+    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    return SinglePassMechanism("pretrained", ad_lm, config.ad_sampling, config.penalty,
+                               catalog.ids)
+
+
+register_mechanism("pretrained", _pretrained)

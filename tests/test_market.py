@@ -1,0 +1,294 @@
+"""The stepped market: agents, payments, reporters, run folder, determinism and resume.
+
+The mechanism and click judge here are scripted test doubles so the accounting can be checked
+exactly; the real Ad-LLM and judges run in test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmauction_sim.clicks.base import ClickDecision
+from llmauction_sim.config import RunConfig
+from llmauction_sim.domain.mentions import format_penalty, render_mention, validate_response
+from llmauction_sim.domain.payments import first_price_per_click
+from llmauction_sim.domain.users import generate_profiles, profiles_to_frame
+from llmauction_sim.market import AdMarket, RunFolderError, simulate
+from llmauction_sim.market.agents import make_bid_policy
+from llmauction_sim.mechanisms import Allocation
+from llmauction_sim.mechanisms.base import FirstPricePerClick
+
+
+class ScriptedMechanism(FirstPricePerClick):
+    """Mentions the first two candidates validly, plus an unknown ID and a broken mention."""
+
+    name = "scripted"
+
+    def __init__(self, catalog, penalty, fail_on_call: int | None = None):
+        self.catalog_ids = catalog.ids
+        self.penalty = penalty
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def allocate(self, requests, rng):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt("simulated crash")
+        out = []
+        for r in requests:
+            a, b = r.candidates[0], r.candidates[1]
+            noise = int(rng.integers(1000))
+            text = (f"For '{r.query}' try {render_mention(a.title, a.id)}; "
+                    f"{render_mention(b.title, b.id)} also helps. @Fake Thing@[Ad-9999] and "
+                    f"@broken@[Ad-12 (note {noise})")
+            report = validate_response(text, r.candidate_titles(), self.catalog_ids)
+            out.append(Allocation(text, report, format_penalty(report, self.penalty)))
+        return out
+
+
+class ScriptedJudge:
+    """Clicks each exposed ad with probability 1/2, and always 'clicks' two ads it never saw."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, requests, rng):
+        self.calls += 1
+        decisions = []
+        for r in requests:
+            ids = [ad.id for ad in r.exposed]
+            clicked = [i for i in ids if rng.random() < 0.5]
+            decisions.append(ClickDecision(tuple(clicked + ["Ad-9999", "Ad-0100"]),
+                                           {i: 0.5 for i in ids}))
+        return decisions
+
+
+def small_data(catalog, n_profiles: int = 6, per_profile: int = 3):
+    profiles = profiles_to_frame(generate_profiles(n_profiles, 0, catalog))
+    profiles["split"] = "train"
+    rows = [{"query_id": f"Q-{i * per_profile + j:06d}", "user_id": uid, "split": "train",
+             "topic": "t", "query": f"question {j} of {uid}?"}
+            for i, uid in enumerate(profiles["user_id"]) for j in range(per_profile)]
+    return profiles, pd.DataFrame(rows)
+
+
+def config(**market) -> RunConfig:
+    overrides = [f"market.{k}={v}" for k, v in {"steps": 3, "queries_per_step": 4,
+                                                **market}.items()]
+    return RunConfig(seed=7).with_overrides(overrides)
+
+
+@pytest.fixture
+def resources(packaged_catalog, text_encoder):
+    def make(cfg, fail_on_call=None):
+        return {"catalog": packaged_catalog, "encoder": text_encoder,
+                "mechanism": ScriptedMechanism(packaged_catalog, cfg.penalty, fail_on_call),
+                "judge": ScriptedJudge()}
+    return make
+
+
+def test_first_price_per_click():
+    assert first_price_per_click({"Ad-0001": 30, "Ad-0002": 5}, ["Ad-0001"]) == {"Ad-0001": 30.0}
+    assert first_price_per_click({"Ad-0001": 30}, []) == {}
+    with pytest.raises(KeyError, match="no bid"):
+        first_price_per_click({"Ad-0001": 30}, ["Ad-0002"])
+
+
+def test_bid_policies(packaged_catalog):
+    market = config().market
+    rng = np.random.default_rng(0)
+    uniform = make_bid_policy("uniform_per_query", market, 10.0, rng)
+    bids = {uniform.bid(None, None, rng) for _ in range(500)}
+    assert bids <= set(map(float, range(1, 101))) and len(bids) > 80
+    fixed = make_bid_policy("fixed", market, 10.0, rng)
+    assert len({fixed.bid(None, None, rng) for _ in range(20)}) == 1
+    with pytest.raises(ValueError, match="did you mean 'fixed'"):
+        make_bid_policy("fixd", market, 10.0, rng)
+
+
+def test_one_step_accounting(packaged_catalog, resources):
+    cfg = config()
+    profiles, queries = small_data(packaged_catalog)
+    res = resources(cfg)
+    market = AdMarket(cfg, profiles, queries, **res)
+    market.step()
+    records = market.round_records
+    assert len(records) == 4 and market.steps == 1
+    assert res["mechanism"].calls == 1 and res["judge"].calls == 1  # one batched call each
+    total = 0.0
+    for r in records:
+        bids = json.loads(r["bids"])
+        assert set(r["exposed"]) == set(r["candidates"][:2])
+        # The judge's clicks on a non-candidate and a never-shown ad are never charged.
+        assert set(r["clicked"]) <= set(r["exposed"])
+        assert r["revenue"] == pytest.approx(sum(bids[i] for i in r["clicked"]))
+        assert r["format_errors"] == 2  # unknown ID + malformed
+        assert r["reward"] == pytest.approx(r["revenue"] - r["format_penalty"])
+        total += r["revenue"]
+    spend = sum(a.spend for a in market.advertisers.values())
+    assert spend == pytest.approx(total) == pytest.approx(market.auctioneer.revenue)
+    clicks = sum(len(r["clicked"]) for r in records)
+    assert sum(a.clicks for a in market.advertisers.values()) == clicks
+    row = market.datacollector.get_model_vars_dataframe().iloc[-1]
+    assert row["revenue_per_query"] == pytest.approx(total / 4)
+    assert row["ads_per_response"] == 2 and row["format_error_rate"] == 1
+    assert row["no_ad_rate"] == 0 and row["ctr"] == pytest.approx(clicks / 8)
+    adv = market.advertisers[records[0]["candidates"][0]]
+    assert adv.auctions >= 1 and adv.exposures >= 1
+    assert math.isnan(adv.roi) if adv.spend == 0 else adv.roi == pytest.approx(
+        adv.value_per_click / adv.bid if adv.auctions == 1 else adv.value / adv.spend)
+
+
+def test_users_ask_fresh_queries_first(packaged_catalog, resources):
+    cfg = config(queries_per_step=6, steps=3)
+    profiles, queries = small_data(packaged_catalog, n_profiles=6, per_profile=3)
+    market = AdMarket(cfg, profiles, queries, **resources(cfg))
+    for _ in range(3):
+        market.step()
+    asked = [qid for u in market.users for qid in u.asked]
+    assert len(asked) == len(set(asked)) == 18  # 18 queries, none repeated while fresh remain
+
+
+def run_tables(folder):
+    return (pd.read_parquet(folder / "queries.parquet"),
+            pd.read_parquet(folder / "metrics.parquet"),
+            pd.read_parquet(folder / "advertisers.parquet"))
+
+
+def test_simulate_writes_the_run_folder(tmp_path, packaged_catalog, resources):
+    cfg = config(data=str(tmp_path / "data"))
+    profiles, queries = small_data(packaged_catalog)
+    (tmp_path / "data").mkdir()
+    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
+    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    out = tmp_path / "run"
+    summary = simulate(cfg, out, progress=False, **resources(cfg))
+    for name in ("config.json", "manifest.json", "queries.parquet", "metrics.parquet",
+                 "advertisers.parquet", "summary.json", "metrics.png"):
+        assert (out / name).is_file(), name
+    q, m, a = run_tables(out)
+    assert len(q) == 12 and list(m["step"]) == [1, 2, 3]
+    assert {"step", "query_id", "user_id", "query", "response", "candidates", "bids", "exposed",
+            "clicked", "revenue", "format_errors"} <= set(q.columns)
+    assert len(a) == 3 * len(packaged_catalog)
+    assert summary["revenue_per_query"] == pytest.approx(q["revenue"].mean())
+    assert json.loads((out / "summary.json").read_text()) == summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 7 and "versions" in manifest and "allocate" in manifest["timings"]
+    assert RunConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        simulate(cfg, out, progress=False, **resources(cfg))
+    with pytest.raises(RunFolderError, match="another config"):
+        simulate(cfg.with_overrides(["market.queries_per_step=5"]), out, resume=True,
+                 progress=False, **resources(cfg))
+
+
+def test_same_seed_same_run_and_resume_after_crash(tmp_path, packaged_catalog, resources):
+    cfg = config(steps=4, data=str(tmp_path / "data"))
+    profiles, queries = small_data(packaged_catalog)
+    (tmp_path / "data").mkdir()
+    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
+    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    simulate(cfg, tmp_path / "a", progress=False, **resources(cfg))
+    simulate(cfg, tmp_path / "b", progress=False, **resources(cfg))
+    for x, y in zip(run_tables(tmp_path / "a"), run_tables(tmp_path / "b")):
+        pd.testing.assert_frame_equal(x, y)
+
+    with pytest.raises(KeyboardInterrupt):  # dies in round 3: rounds 1-2 are committed
+        simulate(cfg, tmp_path / "c", progress=False, **resources(cfg, fail_on_call=3))
+    state = json.loads((tmp_path / "c" / ".state" / "market.json").read_text())
+    assert state["market"]["steps"] == 2
+    res = resources(cfg)
+    simulate(cfg, tmp_path / "c", resume=True, progress=False, **res)
+    assert res["mechanism"].calls == 2  # only rounds 3 and 4 ran again
+    for x, y in zip(run_tables(tmp_path / "a"), run_tables(tmp_path / "c")):
+        pd.testing.assert_frame_equal(x, y)
+
+    longer = cfg.with_overrides(["market.steps=5"])  # resuming may extend a finished run
+    simulate(longer, tmp_path / "c", resume=True, progress=False, **resources(longer))
+    assert list(pd.read_parquet(tmp_path / "c" / "metrics.parquet")["step"]) == [1, 2, 3, 4, 5]
+    with pytest.raises(RunFolderError, match="no run to resume"):
+        simulate(cfg, tmp_path / "nothing", resume=True, progress=False, **resources(cfg))
+
+
+def test_market_config_errors():
+    from llmauction_sim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bid_low"):
+        config(bid_low=50, bid_high=10)
+    with pytest.raises(ConfigError, match="queries_per_step"):
+        config(queries_per_step=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer random llama with the embedded model's tokenizer, saved as a local checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmauction_sim.lm import registry
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(registry.resolve_model(registry.EMBEDDED_MODEL))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_cli_run_killed_mid_way_resumes_to_the_same_result(tmp_path, packaged_catalog,
+                                                           tiny_model_dir):
+    """SIGKILL a real `llmauction simulate` process after a round, resume it, compare."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    profiles, queries = small_data(packaged_catalog, n_profiles=8, per_profile=5)
+    (tmp_path / "data").mkdir()
+    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
+    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    steps = 12
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "llmauction_sim.cli", "simulate", "--out", str(out),
+                "--steps", str(steps), "--queries-per-step", "4", "--data",
+                str(tmp_path / "data"), "--judge", "embedding", "--seed", "3", "--quiet",
+                "--set", f"ad_llm.name={tiny_model_dir}", "--set", f"user_llm.name={tiny_model_dir}",
+                "--set", "ad_sampling.max_new_tokens=48", *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / ".state" / "market.json"
+    deadline = time.time() + 120
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["market"]["steps"]
+    assert 1 <= done < steps, "the run must be killed part-way"
+    assert not (tmp_path / "killed" / "summary.json").exists()
+
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    for x, y in zip(run_tables(tmp_path / "full"), run_tables(tmp_path / "killed")):
+        pd.testing.assert_frame_equal(x, y)
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["sessions"] == 1
