@@ -182,6 +182,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from llmauction_sim.evaluation import evaluate
+    from llmauction_sim.mechanisms import check_mechanism
+
+    check_mechanism(args.mechanism)
+    config = _resolve_config(args, [f"market.mechanism={args.mechanism}"])
+    summary = evaluate(config, args.mechanism, args.test_queries, args.out, args.data)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_bid_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from llmauction_sim.evaluation import bid_sweep
+    from llmauction_sim.mechanisms import check_mechanism
+
+    check_mechanism(args.mechanism)
+    config = _resolve_config(args, [f"market.mechanism={args.mechanism}"])
+    bids = [float(b) for b in args.bids.split(",")] if args.bids else None
+    summary = bid_sweep(config, args.mechanism, args.mode, args.out,
+                        test_queries=args.test_queries, repeats=args.repeats, bids=bids,
+                        data=args.data)
+    print(json.dumps({k: v for k, v in summary.items() if k != "bids"}, indent=2))
+    return 0
+
+
+def cmd_equilibrium(args: argparse.Namespace) -> int:
+    from llmauction_sim.equilibrium import cli_main
+
+    return cli_main(args)
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import tomli_w
 
@@ -304,6 +339,51 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     docs = config_sub.add_parser("docs", help="print the field reference as Markdown")
     docs.set_defaults(func=cmd_config_docs)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="compare a mechanism on the same test queries, bids and judge",
+        description="Run one mechanism on N test queries (same queries, candidates, bids and "
+        "click judge for every mechanism at a given seed) and write OUT/summary.json and "
+        "OUT/queries.parquet.")
+    evaluate.add_argument("--mechanism", required=True, help="registered mechanism name")
+    evaluate.add_argument("--test-queries", type=int, default=8, help="test queries (default 8)")
+    evaluate.add_argument("--data", type=Path, help="folder of `data build` (default: a "
+                          "template-written build inside --out)")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    _config_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    sweep = sub.add_parser(
+        "bid-sweep", help="ITCTR and clicks of one ad as its bid varies",
+        description="Monotonicity (one ad per test query, bids 1,10,...,100) or continuity (one "
+        "query and ad, bids 1..100) experiment; writes OUT/curve.parquet, OUT/samples.parquet, "
+        "OUT/curve.png and OUT/summary.json (Spearman correlation, violation rate).")
+    sweep.add_argument("--mechanism", required=True, help="registered mechanism name")
+    sweep.add_argument("--mode", choices=["monotonicity", "continuity"], required=True)
+    sweep.add_argument("--test-queries", type=int, default=4,
+                       help="samples of the monotonicity mode (default 4)")
+    sweep.add_argument("--repeats", type=int, default=1, help="answers per bid (default 1)")
+    sweep.add_argument("--bids", help="comma-separated bids (default: by mode)")
+    sweep.add_argument("--data", type=Path, help="folder of `data build`")
+    sweep.add_argument("--out", type=Path, required=True, help="output folder")
+    _config_args(sweep)
+    sweep.set_defaults(func=cmd_bid_sweep)
+
+    equilibrium = sub.add_parser(
+        "equilibrium", help="learning bidders on a classic auction (first/second price, GSP)",
+        description="Run value- and utility-maximizing bidders' learning dynamics on a classic "
+        "mechanism and write OUT/rounds.parquet, OUT/market.parquet, OUT/summary.json and "
+        "OUT/config.json; --set takes equilibrium fields, e.g. --set values.high=2.")
+    equilibrium.add_argument("--mechanism", help="first_price, second_price or gsp "
+                             "(default first_price)")
+    equilibrium.add_argument("--advertisers", help="population, e.g. 'vm:4,um:4' or "
+                             "'vm:2:tau=1.5,um:2:learner=best_response' (default vm:4,um:4)")
+    equilibrium.add_argument("--rounds", type=int, help="learning rounds (default 300)")
+    equilibrium.add_argument("--auctions-per-round", type=int,
+                             help="auctions per round (default 1000)")
+    equilibrium.add_argument("--out", type=Path, required=True, help="output folder")
+    _config_args(equilibrium)
+    equilibrium.set_defaults(func=cmd_equilibrium)
 
     models = sub.add_parser("models", help="list registered models or prepare one")
     models.add_argument("--prepare", metavar="NAME",

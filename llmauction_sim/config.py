@@ -386,6 +386,32 @@ class MarketConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class MechanismConfig(ConfigBase):
+    """Parameters of the baseline mechanisms (docs/mechanisms.md)."""
+
+    slots: int = option(2, "pregen_gsp: ad slots k filled by the top bid x pCTR scores.", min=1)
+    slot_weights: list[float] = option(
+        [1.0, 0.7], "pregen_gsp: prominence weight of each slot (position effect); missing "
+        "entries repeat the last one.")
+    gsp_payment: str = option("gsp", "pregen_gsp payment per click: 'gsp' (next score / own "
+                              "pCTR), 'vcg' (externality per expected click, with slot_weights) "
+                              "or 'first_price' (own bid).", choices=["gsp", "vcg", "first_price"])
+    mosaic_samples: int = option(20, "mosaic: answers M sampled per query in one generate call "
+                                 "(paper's baseline: 20).", min=1)
+    mosaic_tau: float = option(10.0, "mosaic: softmax temperature tau of the selection, in bid "
+                               "units.", min=0.0, exclusive_min=True)
+    mosaic_lambda: float = option(1.0, "mosaic: weight lambda of the format penalty in R(y).",
+                                  min=0.0)
+    mosaic_payment: str = option("first_price", "mosaic payment per click: 'first_price' or "
+                                 "'rochet' (MOSAIC's own rule, per unit of expected reward).",
+                                 choices=["first_price", "rochet"])
+    llm_auction_checkpoint: str | None = option(
+        None, "llm_auction: model name or folder of the trained Ad-LLM (default ad_llm.name).")
+    llm_auction_adapter: str | None = option(
+        None, "llm_auction: PEFT adapter folder of the trained Ad-LLM (default ad_llm.adapter).")
+
+
+@dataclass(frozen=True)
 class RunConfig(ConfigBase):
     seed: int = option(0, "The one seed every random draw derives from.", min=0)
     ad_llm: ModelConfig = section(ModelConfig, "The Ad-LLM (allocation rule).")
@@ -400,6 +426,7 @@ class RunConfig(ConfigBase):
     data: DataConfig = section(DataConfig, "Synthetic users and their queries.")
     clicks: ClickConfig = section(ClickConfig, "The User-LLM's click decisions.")
     market: MarketConfig = section(MarketConfig, "The stepped market.")
+    mechanisms: MechanismConfig = section(MechanismConfig, "Baseline mechanisms' parameters.")
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates

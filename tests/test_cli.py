@@ -35,6 +35,12 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
     (["config", "show"], ["--config", "--set", "--seed"]),
     (["config", "docs"], ["usage:"]),
     (["models"], ["--prepare"]),
+    (["equilibrium"], ["--mechanism", "--advertisers", "--rounds", "--auctions-per-round",
+                       "--out", "--config", "--set", "--seed"]),
+    (["evaluate"], ["--mechanism", "--test-queries", "--data", "--out", "--config", "--set",
+                    "--seed"]),
+    (["bid-sweep"], ["--mechanism", "--mode", "--test-queries", "--repeats", "--bids", "--data",
+                     "--out", "--config", "--set", "--seed"]),
 ])
 def test_every_command_has_help(capsys, argv: list[str], expected: list[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -1,14 +1,19 @@
-"""Auction mechanisms, registered by name."""
+"""Auction mechanisms, registered by name: pretrained, pregen_gsp, mosaic, llm_auction."""
 
-from llmauction_sim.mechanisms import pretrained  # noqa: F401  (registers "pretrained")
+from llmauction_sim.mechanisms import (  # noqa: F401  (importing registers each mechanism)
+    llm_auction,
+    mosaic,
+    pregen_gsp,
+    pretrained,
+)
 from llmauction_sim.mechanisms.base import (
-                                            Allocation,
-                                            AuctionRequest,
-                                            Mechanism,
-                                            check_mechanism,
-                                            make_mechanism,
-                                            mechanism_names,
-                                            register_mechanism,
+    Allocation,
+    AuctionRequest,
+    Mechanism,
+    check_mechanism,
+    make_mechanism,
+    mechanism_names,
+    register_mechanism,
 )
 
 __all__ = ["AuctionRequest", "Allocation", "Mechanism", "check_mechanism", "make_mechanism",

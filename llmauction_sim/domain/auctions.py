@@ -1,0 +1,242 @@
+"""Classic auction mechanisms, vectorized over a batch of auctions (pure numpy).
+
+A batch holds ``A`` independent auctions with the same ``n`` bidders. Every mechanism here ranks the
+bidders of each auction by their score ``s_ai = b_ai * q_ai`` (bid times quality; quality defaults to
+the click-through rate ``c_ai``, which defaults to 1) and gives the ``K`` slots, in order, to the
+``K`` highest scores among the bidders whose bid reaches the reserve ``r``. Slot ``k`` has a position
+weight ``w_k`` (``w_0 = 1`` for the top slot), so bidder ``i`` in slot ``k`` of auction ``a`` gets
+
+    expected clicks   x_ai = w_k * c_ai          (0 when unallocated)
+
+and pays a price per click ``p_ai``, i.e. an expected payment per auction of ``p_ai * x_ai``:
+
+- ``first_price``:  ``p_ai = b_ai`` (pay your own bid per click; the paper's Eq. 7 rule).
+- ``second_price``: one slot; ``p_ai = max(r, max_{j != i} s_aj / q_ai)`` (Vickrey per click).
+- ``gsp``:          ``p_ai = max(r, s_a(k+1) / q_ai)`` where ``s_a(k+1)`` is the score ranked just
+  below bidder i (0 when there is none): generalized second price with slot weights.
+
+Ties between equal scores are broken uniformly at random with the given numpy Generator (or by the
+lower bidder index when no Generator is given).
+
+`counterfactual_outcomes` evaluates, for every bidder and every candidate bid on a grid, the clicks and
+payment that bid would have got against the others' actual bids in each auction; learning bidders use it
+as full-information feedback and the metrics use it for regret against the best fixed bid in hindsight.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AuctionResult:
+    """Outcome of a batch of ``A`` auctions with ``n`` bidders (all arrays are ``[A, n]``)."""
+
+    slot: np.ndarray             # slot index of each bidder, -1 when not allocated
+    clicks: np.ndarray           # expected clicks x_ai = w_slot * c_ai (0 when not allocated)
+    price_per_click: np.ndarray  # p_ai (0 when not allocated)
+
+    @property
+    def payment(self) -> np.ndarray:
+        """Expected payment per auction, p_ai * x_ai."""
+        return self.price_per_click * self.clicks
+
+    @property
+    def revenue(self) -> float:
+        """Total expected payment over the batch."""
+        return float(self.payment.sum())
+
+
+def _prepare(bids, ctr, quality, slot_weights):
+    bids = np.asarray(bids, dtype=float)
+    if bids.ndim == 1:
+        bids = bids[None, :]
+    if bids.ndim != 2:
+        raise ValueError(f"bids must have shape [auctions, bidders], got {bids.shape}")
+    if not (bids.min(initial=0.0) >= 0 and np.isfinite(bids.max(initial=0.0))):
+        raise ValueError("bids must be finite and >= 0")
+    # None stands for "all ones" (ctr) and "same as ctr" (quality) so the common case stays cheap.
+    ctr = None if ctr is None else np.broadcast_to(np.asarray(ctr, float), bids.shape)
+    quality = ctr if quality is None else np.broadcast_to(np.asarray(quality, float), bids.shape)
+    if quality is not None and np.any(quality <= 0):
+        raise ValueError("quality (default: ctr) must be > 0 for every bidder")
+    weights = np.asarray(slot_weights, dtype=float).ravel()
+    if weights.size < 1 or np.any(weights < 0):
+        raise ValueError(f"slot_weights must be a non-empty list of weights >= 0, got {weights}")
+    return bids, ctr, quality, weights
+
+
+def _rank(scores: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """Order of bidders per auction, best score first; equal scores in random order."""
+    if rng is None:
+        return np.argsort(-scores, axis=1, kind="stable")
+    tiebreak = rng.random(scores.shape)
+    return np.lexsort((tiebreak, -scores), axis=1)
+
+
+def _top1(scores: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """Index of the best score per auction (fast path for one slot); ties at random."""
+    winner = scores.argmax(axis=1)
+    last = scores.shape[1] - 1 - scores[:, ::-1].argmax(axis=1)   # differs from winner iff tied
+    tied = np.flatnonzero(last != winner)
+    if tied.size and rng is not None:
+        sub = scores[tied]
+        is_best = sub == sub.max(axis=1, keepdims=True)
+        winner[tied] = (rng.random(sub.shape) * is_best).argmax(axis=1)
+    return winner
+
+
+def _allocate(bids, ctr, quality, weights, reserve, rng, pricing: str) -> AuctionResult:
+    num_auctions, n = bids.shape
+    scores = bids if quality is None else bids * quality
+    eligible = bids >= reserve
+    if reserve > 0:
+        scores = np.where(eligible, scores, -1.0)  # ineligible bidders rank below everyone
+    rows = np.arange(num_auctions)
+    slot = np.full((num_auctions, n), -1, dtype=np.int64)
+    price = np.zeros((num_auctions, n))
+    clicks = np.zeros((num_auctions, n))
+    k = min(weights.size, n)
+    if k == 1:
+        winner = _top1(scores, rng)
+        if reserve > 0:
+            won = eligible[rows, winner]
+            w_rows, w_idx = rows[won], winner[won]
+        else:
+            won, w_rows, w_idx = slice(None), rows, winner
+        slot[w_rows, w_idx] = 0
+        clicks[w_rows, w_idx] = weights[0] * (1.0 if ctr is None else ctr[w_rows, w_idx])
+        if pricing == "first":
+            price[w_rows, w_idx] = bids[w_rows, w_idx]
+        else:
+            others = scores.copy()
+            others[rows, winner] = -1.0
+            below = np.maximum(others.max(axis=1), 0.0) if n > 1 else np.zeros(num_auctions)
+            q = 1.0 if quality is None else quality[w_rows, w_idx]
+            price[w_rows, w_idx] = np.maximum(below[won] / q, reserve)
+        return AuctionResult(slot, clicks, price)
+    ctr = np.ones_like(bids) if ctr is None else ctr
+    quality = ctr if quality is None else quality
+    order = _rank(scores, rng)
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    next_scores = np.concatenate([sorted_scores[:, 1:], np.zeros((num_auctions, 1))], axis=1)
+    next_scores = np.maximum(next_scores, 0.0)
+    for j in range(k):
+        idx = order[:, j]
+        won = eligible[rows, idx]
+        w_rows, w_idx = rows[won], idx[won]
+        slot[w_rows, w_idx] = j
+        clicks[w_rows, w_idx] = weights[j] * ctr[w_rows, w_idx]
+        if pricing == "first":
+            price[w_rows, w_idx] = bids[w_rows, w_idx]
+        else:
+            price[w_rows, w_idx] = np.maximum(next_scores[won, j] / quality[w_rows, w_idx],
+                                              reserve)
+    return AuctionResult(slot, clicks, price)
+
+
+def first_price(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
+                reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+    """First price per click: rank by ``b*q``; each allocated bidder pays its own bid per click.
+
+    With several slot weights this is the generalized first-price auction (GFP).
+    """
+    return _allocate(*_prepare(bids, ctr, quality, slot_weights), reserve, rng, "first")
+
+
+def second_price(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
+                 reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+    """Second price per click, one slot: the winner pays ``max(r, best other score / own quality)``.
+
+    For several slots use `gsp` (which equals this rule when there is one slot).
+    """
+    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights)
+    if weights.size != 1:
+        raise ValueError("second_price sells one slot; for several slot weights use 'gsp'")
+    return _allocate(bids, ctr, quality, weights, reserve, rng, "second")
+
+
+def gsp(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
+        reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+    """Generalized second price: slot k goes to the k-th score ``b*q``; its holder pays per click
+    the next score divided by its own quality, ``max(r, s_(k+1) / q_i)``."""
+    return _allocate(*_prepare(bids, ctr, quality, slot_weights), reserve, rng, "second")
+
+
+Mechanism = Callable[..., AuctionResult]
+
+_PRICING = {"first_price": "first", "second_price": "second", "gsp": "second"}
+_REGISTRY: dict[str, Mechanism] = {"first_price": first_price, "second_price": second_price,
+                                   "gsp": gsp}
+
+
+def register_mechanism(name: str, mechanism: Mechanism, pricing: str | None = None) -> None:
+    """Add a classic mechanism under `name`; `pricing` ('first' or 'second') enables counterfactuals."""
+    _REGISTRY[name] = mechanism
+    if pricing is not None:
+        _PRICING[name] = pricing
+
+
+def mechanism_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_mechanism(name: str) -> Mechanism:
+    """The classic mechanism registered as `name`; a clear error naming the choices otherwise."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown classic mechanism {name!r}{hint}; choose one of "
+                         f"{', '.join(mechanism_names())}")
+    return _REGISTRY[name]
+
+
+def counterfactual_outcomes(mechanism: str, bids, candidate_bids, *, ctr=None, quality=None,
+                            slot_weights: Sequence[float] = (1.0,), reserve: float = 0.0
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Clicks and payments each bidder would get with each candidate bid, others' bids fixed.
+
+    `bids` is ``[A, n]``; `candidate_bids` is ``[A, n, G]`` (bidder i's G alternative bids in auction
+    a). Returns ``(clicks, payment)``, both ``[A, n, G]``: with score ``x = b' * q_ai`` the bidder
+    would rank ``r = #{j != i: s_aj > x}`` (ties count as won), get slot r when ``r < K`` and
+    ``b' >= reserve``, i.e. ``w_r * c_ai`` clicks, and pay per click ``b'`` (first price) or
+    ``max(reserve, s_(r) / q_ai)`` where ``s_(r)`` is the others' r-th highest score (0-based).
+    """
+    if mechanism not in _PRICING:
+        raise ValueError(f"no counterfactual rule for mechanism {mechanism!r}; known: "
+                         f"{', '.join(sorted(_PRICING))}")
+    pricing = _PRICING[mechanism]
+    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights)
+    ctr = np.ones_like(bids) if ctr is None else ctr
+    quality = ctr if quality is None else quality
+    candidate_bids = np.asarray(candidate_bids, dtype=float)
+    num_auctions, n = bids.shape
+    scores = np.where(bids >= reserve, bids * quality, -1.0)
+    x = candidate_bids * quality[:, :, None]                                 # [A, n, G]
+    # r = number of OTHER bidders with a strictly higher score than x.
+    higher = (scores[:, None, None, :] > x[:, :, :, None]).sum(axis=-1)      # [A, n, G]
+    own_higher = scores[:, :, None] > x
+    rank = higher - own_higher
+    k = min(weights.size, n)
+    allocated = (rank < k) & (candidate_bids >= reserve)
+    slot_weight = np.where(allocated, weights[np.minimum(rank, k - 1)], 0.0)
+    clicks = slot_weight * ctr[:, :, None]
+    if pricing == "first":
+        price = candidate_bids
+    else:
+        # Others' scores in descending order, per bidder: drop own entry from the sorted list.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        sorted_scores = np.take_along_axis(scores, order, axis=1)
+        padded = np.concatenate([np.maximum(sorted_scores, 0.0), np.zeros((num_auctions, 2))],
+                                axis=1)
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(n)[None, :].repeat(num_auctions, 0), axis=1)
+        index = rank + (rank >= position[:, :, None])                         # skip own entry
+        index = np.minimum(index, n + 1)
+        below = np.take_along_axis(padded[:, None, :].repeat(n, axis=1), index, axis=2)
+        price = np.maximum(below / quality[:, :, None], reserve)
+    return clicks, price * clicks

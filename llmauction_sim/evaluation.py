@@ -1,0 +1,202 @@
+"""`llmauction evaluate` and `llmauction bid-sweep`: mechanisms on the same test auctions.
+
+Every mechanism sees the same test queries, candidates, bids and click judge for a given seed: each
+of those comes from its own seeded stream, independent of the mechanism, so runs are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmauction_sim.config import RunConfig
+
+# Independent seed streams (mixed with config.seed).
+_PICK, _BIDS, _ALLOCATE, _CLICKS, _FOCAL = 11, 12, 13, 14, 15
+
+
+def _test_data(config: RunConfig, data: str | Path | None, out: Path, needed: int):
+    """(profiles, test queries): from `data` (a `data build` folder), else a build inside
+    `out/data` that is just big enough, written by the configured query writer (the User-LLM
+    unless data.query_writer=template is asked for)."""
+    from llmauction_sim.data import build_dataset, load_dataset
+
+    if data is None:
+        profiles = max(2, math.ceil(needed / config.data.queries_per_profile
+                                    / max(config.data.test_fraction, 1e-9)) + 1)
+        build = config.with_overrides([f"data.profiles={min(profiles, config.data.profiles)}"])
+        data = out / "data"
+        build_dataset(build, data, progress=False)
+    profiles, queries = load_dataset(data)
+    test = queries[queries["split"] == "test"]
+    if test.empty:
+        raise ValueError(f"{data} has no test queries; build more profiles")
+    return profiles, test
+
+
+def test_auctions(config: RunConfig, test_queries: int, out: Path, data=None, *,
+                  retriever=None, catalog=None):
+    """The evaluation's auctions: `test_queries` test queries chosen by seed, their retrieved
+    candidates, and bids uniform over market.bid_low..bid_high (integers) per query and ad."""
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.domain.users import profiles_from_frame
+    from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+    from llmauction_sim.mechanisms import AuctionRequest
+
+    if test_queries < 1:
+        raise ValueError(f"--test-queries = {test_queries} must be >= 1")
+    profiles, test = _test_data(config, data, out, test_queries)
+    pick = np.random.default_rng([config.seed, _PICK])
+    rows = np.sort(pick.choice(len(test), size=min(test_queries, len(test)), replace=False))
+    test = test.iloc[rows]
+    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    if retriever is None:
+        retriever = CandidateRetriever(catalog, load_encoder(config.retrieval.encoder),
+                                       config.retrieval.num_candidates,
+                                       config.retrieval.profile_weight)
+    by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
+    users = [by_user[u] for u in test["user_id"]]
+    texts = list(test["query"])
+    bid_rng = np.random.default_rng([config.seed, _BIDS])
+    low, high = config.market.bid_low, config.market.bid_high
+    requests = []
+    for qid, user, text, cands in zip(test["query_id"], users, texts,
+                                      retriever.retrieve(users, texts)):
+        bids = bid_rng.integers(low, high + 1, len(cands))
+        requests.append(AuctionRequest(qid, user, text, tuple(cands),
+                                       {ad.id: float(b) for ad, b in zip(cands, bids)}))
+    return requests, catalog, retriever
+
+
+def _resources(config: RunConfig, catalog, retriever, ad_lm=None, judge=None):
+    from llmauction_sim.clicks.base import make_judge
+
+    encoder = retriever.encoder
+    if judge is None:
+        judge = make_judge(config.clicks.judge, config, encoder=encoder, catalog=catalog)
+    click_model = judge if hasattr(judge, "probabilities") else None
+    return {"ad_lm": ad_lm, "catalog": catalog, "encoder": encoder,
+            "click_model": click_model}, judge
+
+
+def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str | Path,
+             data=None, *, ad_lm=None, judge=None, mechanism=None, retriever=None) -> dict:
+    """Allocate, judge clicks and charge on the test auctions; write OUT/summary.json and
+    OUT/queries.parquet; return the summary."""
+    from llmauction_sim.clicks.base import ClickRequest
+    from llmauction_sim.manifest import write_json
+    from llmauction_sim.market.run import summarize
+    from llmauction_sim.mechanisms import make_mechanism
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    requests, catalog, retriever = test_auctions(config, test_queries, out, data,
+                                                 retriever=retriever)
+    resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
+    if mechanism is None:
+        mechanism = make_mechanism(mechanism_name, config, **resources)
+    start = time.perf_counter()
+    allocations = mechanism.allocate(requests, np.random.default_rng([config.seed, _ALLOCATE]))
+    seconds = time.perf_counter() - start
+    decisions = judge.judge(
+        [ClickRequest(r.profile, r.query, a.response,
+                      tuple(catalog.by_id(i) for i in a.exposed_ids), a.report.valid)
+         for r, a in zip(requests, allocations)], np.random.default_rng([config.seed, _CLICKS]))
+    records = []
+    for r, a, d in zip(requests, allocations, decisions):
+        clicked = tuple(c for c in d.clicked if c in a.exposed_ids)
+        payments = mechanism.payments(r, a, clicked)
+        revenue = float(sum(payments.values()))
+        records.append({
+            "query_id": r.query_id, "user_id": r.profile.user_id, "query": r.query,
+            "response": a.response, "candidates": [ad.id for ad in r.candidates],
+            "bids": json.dumps(r.bids, sort_keys=True), "exposed": list(a.exposed_ids),
+            "clicked": list(clicked), "payments": json.dumps(payments, sort_keys=True),
+            "click_probabilities": json.dumps(d.probabilities, sort_keys=True),
+            "revenue": revenue, "format_penalty": a.penalty,
+            # The paper's R with realised clicks for pCTR, as in the market's log.
+            "reward": revenue - a.penalty, "format_errors": a.report.num_errors,
+            "judge_malformed": bool(d.malformed)})
+    queries = pd.DataFrame(records)
+    queries.to_parquet(out / "queries.parquet", index=False)
+    generations = getattr(mechanism, "generations_per_query", 1)
+    summary = {"mechanism": mechanism_name, "seed": config.seed, "judge": config.clicks.judge,
+               **summarize(queries), "generations_per_query": generations,
+               "seconds_per_query": seconds / len(requests)}
+    write_json(out / "summary.json", summary)
+    write_json(out / "config.json", config.to_dict())
+    return summary
+
+
+def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path, *,
+              test_queries: int = 4, repeats: int = 1, bids=None, data=None, ad_lm=None,
+              judge=None, mechanism=None, retriever=None) -> dict:
+    """The paper's monotonicity (one ad per sample, bids 1, 10, ..., 100) or continuity (one
+    query and ad, every bid 1..100) experiment; writes OUT/curve.parquet, OUT/samples.parquet,
+    OUT/curve.png and OUT/summary.json."""
+    from llmauction_sim.analysis import curve, monotonicity_stats, sweep
+    from llmauction_sim.manifest import write_json
+    from llmauction_sim.mechanisms import make_mechanism
+
+    if mode not in ("monotonicity", "continuity"):
+        raise ValueError(f"--mode {mode!r}: use monotonicity or continuity")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = test_queries if mode == "monotonicity" else 1
+    requests, catalog, retriever = test_auctions(config, n, out, data, retriever=retriever)
+    if bids is None:
+        bids = [1, *range(10, 101, 10)] if mode == "monotonicity" else list(range(1, 101))
+    resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
+    click_model = resources["click_model"]
+    if click_model is None:
+        from llmauction_sim.mechanisms.pctr import load_click_model
+
+        click_model = load_click_model(config, encoder=retriever.encoder, catalog=catalog)
+    if mechanism is None:
+        mechanism = make_mechanism(mechanism_name, config, **{**resources,
+                                                               "click_model": click_model})
+    focal_rng = np.random.default_rng([config.seed, _FOCAL])
+    focal = [r.candidates[int(focal_rng.integers(len(r.candidates)))].id for r in requests]
+    start = time.perf_counter()
+    samples = sweep(mechanism, click_model, requests, focal, bids, repeats,
+                    np.random.default_rng([config.seed, _ALLOCATE]))
+    seconds = time.perf_counter() - start
+    curves = curve(samples)
+    samples.to_parquet(out / "samples.parquet", index=False)
+    curves.to_parquet(out / "curve.parquet", index=False)
+    summary = {"mechanism": mechanism_name, "mode": mode, "seed": config.seed,
+               "bids": [float(b) for b in bids], "repeats": repeats,
+               "answers": len(samples), "seconds": seconds,
+               "clicks": monotonicity_stats(curves, "clicks"),
+               "itctr": monotonicity_stats(curves, "itctr")}
+    write_json(out / "summary.json", summary)
+    plot_curves(curves, out / "curve.png", f"{mechanism_name}: {mode}")
+    return summary
+
+
+def plot_curves(curves: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for s, c in curves.groupby("sample"):
+        c = c.sort_values("bid")
+        ax1.plot(c["bid"], c["clicks"] / c["answers"], marker="o", ms=3, label=f"sample {s}")
+        ax2.plot(c["bid"], c["itctr"], marker="o", ms=3)
+        ax2.fill_between(c["bid"], c["itctr_low"], c["itctr_high"], alpha=0.15)
+    ax1.set_title("clicks per answer")
+    ax2.set_title("ITCTR estimate (pCTR x exposure, 95% CI)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("bid of the focal ad")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

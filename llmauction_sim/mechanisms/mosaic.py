@@ -1,0 +1,144 @@
+"""`mosaic` (Soumalias, Curry and Seuken, NeurIPS 2025): post-generation selection among M answers.
+
+Per query: sample M answers from the Ad-LLM in ONE generate call (n = M), score each with
+
+    R(y) = sum over validly exposed ads i of b_i pCTR_i(y) - lambda s_resp(y)
+
+(pCTR from the click model, inside the actual answer), read log pi_ref(y) with the model's own
+`score`, and select one answer with probability softmax(R/tau) over the samples: the
+self-normalised importance weights for the target pi_ref(y) exp(R(y)/tau) when the samples come
+from pi_ref (see `analysis.mosaic_weights` for the derivation). As M grows the selection converges
+to the KL-regularised optimum with beta = tau.
+
+Payments per click: 'first_price' (own bid, the paper's rule) or 'rochet': with the samples held
+fixed, ad i's expected ITCTR x_i(z) as its bid z varies is non-decreasing
+(`analysis.mosaic_allocation_curve`); the Myerson payment p_i = b_i x_i(b_i) - int_0^{b_i} x_i is
+charged per click as p_i / x_i(b_i), so its expectation equals p_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmauction_sim.analysis import mosaic_allocation_curve, mosaic_weights
+from llmauction_sim.domain.mentions import format_penalty, validate_response
+from llmauction_sim.domain.payments import first_price_per_click, myerson_payment
+from llmauction_sim.lm.base import LanguageModel, SamplingParams
+from llmauction_sim.lm.prompts import ad_llm_messages
+from llmauction_sim.mechanisms.base import Allocation, AuctionRequest, register_mechanism
+from llmauction_sim.mechanisms.pctr import load_click_model, response_pctr
+
+
+@dataclass(frozen=True)
+class MosaicAllocation(Allocation):
+    """The selected answer plus what its selection saw: every sample's reward, pCTRs, weights."""
+
+    chosen: int = 0
+    rewards: tuple[float, ...] = ()
+    weights: tuple[float, ...] = ()
+    log_ref: tuple[float, ...] = ()
+    sample_pctr: tuple[dict, ...] = ()  # {ad_id: pCTR} of the valid ads of each sample
+    tau: float = 1.0
+
+
+class MosaicMechanism:
+    name = "mosaic"
+
+    def __init__(self, lm: LanguageModel, click_model, sampling, penalty, catalog_ids,
+                 samples: int = 20, tau: float = 10.0, lam: float = 1.0,
+                 payment: str = "first_price"):
+        if payment not in ("first_price", "rochet"):
+            raise ValueError(f"unknown mosaic payment {payment!r}; use first_price or rochet")
+        self.lm = lm
+        self.click_model = click_model
+        self.sampling = sampling
+        self.penalty = penalty
+        self.catalog_ids = frozenset(catalog_ids)
+        self.samples = samples
+        self.tau = tau
+        self.lam = lam
+        self.payment = payment
+
+    @property
+    def generations_per_query(self) -> int:
+        return self.samples
+
+    def allocate(self, requests: Sequence[AuctionRequest], rng: np.random.Generator
+                 ) -> list[Allocation]:
+        if not requests:
+            return []
+        m = self.samples
+        prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+        params = [SamplingParams.from_config(self.sampling, n=m, seed=int(s))
+                  for s in rng.integers(0, 2**63, len(requests))]
+        outputs = self.lm.generate(prompts, params)
+        flat_req, flat_alloc = [], []
+        for r, outs in zip(requests, outputs):
+            titles = r.candidate_titles()
+            for c in outs:
+                report = validate_response(c.text, titles, self.catalog_ids)
+                flat_req.append(r)
+                flat_alloc.append(Allocation(c.text, report, format_penalty(report, self.penalty)))
+        pctr = response_pctr(self.click_model, flat_req, flat_alloc)
+        log_ref = np.asarray(self.lm.score([p for p in prompts for _ in range(m)],
+                                           [a.response for a in flat_alloc]), np.float64)
+        result: list[Allocation] = []
+        for q, r in enumerate(requests):
+            sl = slice(q * m, (q + 1) * m)
+            allocs, probs = flat_alloc[sl], pctr[sl]
+            rewards = np.array([sum(float(r.bids[i]) * p.get(i, 0.0) for i in a.exposed_ids)
+                                - self.lam * a.penalty for a, p in zip(allocs, probs)])
+            weights = mosaic_weights(rewards, self.tau)
+            j = int(rng.choice(m, p=weights))
+            chosen = allocs[j]
+            result.append(MosaicAllocation(
+                chosen.response, chosen.report, chosen.penalty, chosen=j,
+                rewards=tuple(map(float, rewards)), weights=tuple(map(float, weights)),
+                log_ref=tuple(map(float, log_ref[sl])),
+                sample_pctr=tuple({i: float(p.get(i, 0.0)) for i in a.exposed_ids}
+                                  for a, p in zip(allocs, probs)), tau=self.tau))
+        return result
+
+    def rochet_price(self, request: AuctionRequest, allocation: MosaicAllocation,
+                     ad_id: str) -> float:
+        """Price per click of `ad_id` under the Myerson payment of its allocation curve."""
+        ctr_i = np.array([p.get(ad_id, 0.0) for p in allocation.sample_pctr])
+        bid = float(request.bids[ad_id])
+        rewards = np.array(allocation.rewards)
+
+        def x(z):
+            return mosaic_allocation_curve(rewards, ctr_i, bid, allocation.tau, np.atleast_1d(z))
+
+        x_b = float(x(bid)[0])
+        return myerson_payment(x, bid) / x_b if x_b > 0 else 0.0
+
+    def payments(self, request: AuctionRequest, allocation: Allocation,
+                 clicked: Sequence[str]) -> dict[str, float]:
+        exposed = set(allocation.exposed_ids)
+        clicked = [c for c in clicked if c in exposed]
+        if self.payment == "first_price" or not isinstance(allocation, MosaicAllocation):
+            return first_price_per_click(request.bids, clicked)
+        payments: dict[str, float] = {}
+        for ad_id in clicked:
+            payments[ad_id] = (payments.get(ad_id, 0.0)
+                               + self.rochet_price(request, allocation, ad_id))
+        return payments
+
+
+def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.lm.hf import load_language_model
+
+    ad_lm = ad_lm if ad_lm is not None else load_language_model(config.ad_llm, seed=config.seed)
+    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    click_model = load_click_model(config, click_model=click_model, encoder=encoder,
+                                   catalog=catalog)
+    m = config.mechanisms
+    return MosaicMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
+                           m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment)
+
+
+register_mechanism("mosaic", _mosaic)

@@ -1,0 +1,154 @@
+"""Bidding policies and their learning dynamics against auction theory (seeded, tolerances stated)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmauction_sim.cli import main
+from llmauction_sim.config import ConfigError
+from llmauction_sim.domain.bidding import (
+    Bidders,
+    PopulationEntry,
+    RoundFeedback,
+    ValueConfig,
+    ValueSampler,
+    make_policy,
+    parse_population,
+    register_policy,
+)
+from llmauction_sim.domain.bidding import Fixed as FixedPolicy
+from llmauction_sim.equilibrium import run_equilibrium
+
+
+def test_parse_population_strings_and_dicts() -> None:
+    assert parse_population("vm:4, um:2:learner=best_response, truthful") == [
+        PopulationEntry("value_maximizer", 4), PopulationEntry(
+            "utility_maximizer", 2, {"learner": "best_response"}),
+        PopulationEntry("truthful", 1)]
+    assert parse_population([{"type": "vm", "num_copies": 2, "params": {"tau": 2}}]) == [
+        PopulationEntry("value_maximizer", 2, {"tau": 2})]
+    for bad in ("vx:2", "vm:two", "", [{"kind": "vm"}]):
+        with pytest.raises(ConfigError):
+            parse_population(bad)
+    with pytest.raises(ConfigError, match="tua"):
+        make_policy("vm", 1, tua=2.0)
+
+
+def test_registry_and_fixed_policies() -> None:
+    register_policy("half", lambda num, rng, grid: FixedPolicy(num, rng, grid, shading=0.5))
+    bidders = Bidders(parse_population("half:2,fixed:1:bid=0.3,truthful:1"),
+                      np.random.default_rng(0))
+    bidders.start_round()
+    values = np.array([[1.0, 0.8, 0.9, 0.4]])
+    np.testing.assert_allclose(bidders.bids(values), [[0.5, 0.4, 0.3, 0.4]])
+
+
+def test_values_are_seeded() -> None:
+    a = ValueSampler(ValueConfig(), 3, np.random.default_rng(5)).draw(4)
+    b = ValueSampler(ValueConfig(), 3, np.random.default_rng(5)).draw(4)
+    np.testing.assert_array_equal(a, b)
+    once = ValueSampler(ValueConfig(redraw="once", low=1, high=2), 3, np.random.default_rng(5))
+    assert np.all(once.draw(5) == once.mean_values()) and np.all(once.mean_values() >= 1)
+    with pytest.raises(ConfigError):
+        ValueConfig(low=2.0, high=1.0)
+
+
+def test_symmetric_first_price_um_learns_equilibrium_shading() -> None:
+    """n = 4 Hedge learners, uniform values: shading -> (n-1)/n = 0.75 (tolerance 0.05; grid 0.02)."""
+    summary = run_equilibrium("first_price", "um:4", rounds=200, auctions_per_round=400,
+                              seed=0).summary
+    shading = [a["mean_shading"] for a in summary["advertisers"]]
+    assert np.mean(shading) == pytest.approx(0.75, abs=0.05)
+    # Best response learners reach it too.
+    summary = run_equilibrium("first_price", "um:3:learner=best_response", rounds=100,
+                              auctions_per_round=400, seed=0).summary
+    assert np.mean([a["mean_shading"] for a in summary["advertisers"]]) == pytest.approx(
+        2 / 3, abs=0.05)
+
+
+def test_revenue_equivalence_of_learned_first_price_and_truthful_second_price() -> None:
+    """Learned first-price revenue (last 10% of rounds) vs truthful second price: both near
+    (n-1)/(n+1) = 0.6 for n = 4, within 0.04 of each other."""
+    fp = run_equilibrium("first_price", "um:4", 200, 400, seed=1).summary["revenue_last"]
+    sp = run_equilibrium("second_price", "truthful:4", 20, 400, seed=1).summary["revenue"]
+    assert sp == pytest.approx(0.6, abs=0.02)
+    assert abs(fp - sp) < 0.04
+
+
+@pytest.mark.parametrize("controller", ["dual", "pid"])
+def test_value_maximizer_learns_value_over_tau(controller) -> None:
+    """First price per click: the VM's multiplier -> 1/tau (tolerance 1%), ROI >= tau on average."""
+    tau = 1.6
+    summary = run_equilibrium("first_price", f"vm:3:tau={tau}:controller={controller},um:2",
+                              rounds=150, auctions_per_round=300, seed=2).summary
+    for a in summary["advertisers"][:3]:
+        assert a["type"] == "value_maximizer"
+        assert a["mean_shading"] == pytest.approx(1 / tau, rel=0.01)
+        assert a["roi_last"] >= tau * 0.99
+        assert a["roi"] >= tau * 0.97  # early rounds start at bid = value (ROI 1)
+
+
+def test_value_maximizer_budget_pacing() -> None:
+    """A binding budget per round: spend per round ends within 5% of the budget."""
+    result = run_equilibrium("first_price", "vm:2:tau=1.0:budget=20,truthful:2", rounds=150,
+                             auctions_per_round=200, seed=3)
+    vm = result.rounds[(result.rounds["type"] == "value_maximizer")
+                       & (result.rounds["round"] >= 120)]
+    assert vm["budget_use"].mean() == pytest.approx(1.0, abs=0.05)
+    assert vm["multiplier"].max() < 1.0  # budget, not ROI, binds
+
+
+def test_hedge_regret_is_sublinear_against_stationary_opponents() -> None:
+    """Against fixed opponents, regret per round of the Hedge learner shrinks as T grows
+    (average regret at T is below half of that at T/8)."""
+    result = run_equilibrium("first_price", "um:1,fixed:3:shading=0.6", rounds=400,
+                             auctions_per_round=200, seed=4)
+    um = result.rounds[result.rounds["advertiser"] == 0].set_index("round")["cumulative_regret"]
+    early, late = um[49] / 50, um[399] / 400
+    assert late < 0.5 * early
+    assert late >= -1e-9
+
+
+def test_exp3_fallback_without_counterfactuals() -> None:
+    policy = make_policy("um", 2, rng=np.random.default_rng(0))
+    for _ in range(5):
+        m = policy.start_round()
+        assert m.shape == (2,) and np.all((m >= 0) & (m <= 1))
+        policy.update(RoundFeedback(np.array([1.0, 0.5]), np.array([0.5, 0.1]),
+                                    np.array([1.0, 1.0]), np.array([2.0, 2.0])))
+    np.testing.assert_allclose(policy.probs.sum(axis=1), 1.0)
+
+
+def test_same_seed_same_run() -> None:
+    a = run_equilibrium("gsp", "vm:2,um:2", 20, 100, seed=7, slot_weights=(1.0, 0.5),
+                        ctr_range=(0.2, 0.8))
+    b = run_equilibrium("gsp", "vm:2,um:2", 20, 100, seed=7, slot_weights=(1.0, 0.5),
+                        ctr_range=(0.2, 0.8))
+    c = run_equilibrium("gsp", "vm:2,um:2", 20, 100, seed=8, slot_weights=(1.0, 0.5),
+                        ctr_range=(0.2, 0.8))
+    assert a.rounds.equals(b.rounds) and a.summary == b.summary
+    assert not a.rounds.equals(c.rounds)
+
+
+def test_cli_equilibrium_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "eq"
+    code = main(["equilibrium", "--mechanism", "first_price", "--advertisers", "vm:2,um:2",
+                 "--rounds", "10", "--auctions-per-round", "50", "--seed", "3", "--out", str(out),
+                 "--set", "values.high=2"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["type"] for a in summary["advertisers"]] == ["value_maximizer"] * 2 + [
+        "utility_maximizer"] * 2
+    for key in ("id", "type", "value", "tau", "final_bid", "mean_shading", "roi", "utility",
+                "violation_rate", "regret"):
+        assert key in summary["advertisers"][0]
+    assert summary["advertisers"][0]["value"] == pytest.approx(1.0)
+    assert {"revenue", "welfare", "liquid_welfare"} <= set(summary)
+    assert (out / "rounds.parquet").is_file() and (out / "market.parquet").is_file()
+    assert "value_maximizer" in capsys.readouterr().out
+    code = main(["equilibrium", "--mechanism", "llm_auction", "--out", str(out)])
+    assert code == 2
+    assert "LLM-market mechanisms are not supported" in capsys.readouterr().err
