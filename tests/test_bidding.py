@@ -37,7 +37,10 @@ def test_parse_population_strings_and_dicts() -> None:
         make_policy("vm", 1, tua=2.0)
 
 
-def test_registry_and_fixed_policies() -> None:
+def test_registry_and_fixed_policies(monkeypatch) -> None:
+    from llmauction_sim.domain import bidding
+
+    monkeypatch.setattr(bidding.POLICIES, "_entries", dict(bidding.POLICIES._entries))
     register_policy("half", lambda num, rng, grid: FixedPolicy(num, rng, grid, shading=0.5))
     bidders = Bidders(parse_population("half:2,fixed:1:bid=0.3,truthful:1"),
                       np.random.default_rng(0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -12,6 +11,7 @@ import numpy as np
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.mentions import Mention
 from llmauction_sim.domain.users import UserProfile
+from llmauction_sim.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,17 @@ def keep_one_per_group(clicked: np.ndarray, probs: np.ndarray, compete: np.ndarr
     return keep
 
 
-_JUDGES: dict[str, Callable[..., ClickJudge]] = {}
+JUDGES: Registry[Callable[..., ClickJudge]] = Registry(
+    "click judge", "config: clicks.judge, CLI: --judge")
 
 
 def register_judge(name: str, factory: Callable[..., ClickJudge]) -> None:
     """Register `factory(config: RunConfig, **resources) -> ClickJudge` under `name`."""
-    _JUDGES[name] = factory
+    JUDGES.register(name, factory)
 
 
 def judge_names() -> list[str]:
-    return sorted(_JUDGES)
+    return JUDGES.names()
 
 
 def make_judge(name: str, config, **resources) -> ClickJudge:
@@ -89,9 +90,4 @@ def make_judge(name: str, config, **resources) -> ClickJudge:
     `resources` (all optional) are `user_lm` (a `LanguageModel`), `encoder` (a `TextEncoder`) and
     `catalog`; a judge loads what it needs and was not given.
     """
-    if name not in _JUDGES:
-        close = difflib.get_close_matches(name, list(_JUDGES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown click judge {name!r}{hint}; choose one of "
-                         f"{', '.join(judge_names())} (config: clicks.judge, CLI: --judge)")
-    return _JUDGES[name](config, **resources)
+    return JUDGES.get(name)(config, **resources)

@@ -25,11 +25,12 @@ as full-information feedback and the metrics use it for regret against the best 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from llmauction_sim.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -170,29 +171,25 @@ def gsp(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
 Mechanism = Callable[..., AuctionResult]
 
 _PRICING = {"first_price": "first", "second_price": "second", "gsp": "second"}
-_REGISTRY: dict[str, Mechanism] = {"first_price": first_price, "second_price": second_price,
-                                   "gsp": gsp}
+CLASSIC_MECHANISMS: Registry[Mechanism] = Registry("classic mechanism")
+for _name, _fn in (("first_price", first_price), ("second_price", second_price), ("gsp", gsp)):
+    CLASSIC_MECHANISMS.register(_name, _fn)
 
 
 def register_mechanism(name: str, mechanism: Mechanism, pricing: str | None = None) -> None:
     """Add a classic mechanism under `name`; `pricing` ('first' or 'second') enables counterfactuals."""
-    _REGISTRY[name] = mechanism
+    CLASSIC_MECHANISMS.register(name, mechanism)
     if pricing is not None:
         _PRICING[name] = pricing
 
 
 def mechanism_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return CLASSIC_MECHANISMS.names()
 
 
 def make_mechanism(name: str) -> Mechanism:
     """The classic mechanism registered as `name`; a clear error naming the choices otherwise."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown classic mechanism {name!r}{hint}; choose one of "
-                         f"{', '.join(mechanism_names())}")
-    return _REGISTRY[name]
+    return CLASSIC_MECHANISMS.get(name)
 
 
 def counterfactual_outcomes(mechanism: str, bids, candidate_bids, *, ctr=None, quality=None,

@@ -26,7 +26,6 @@ updated from the round's outcome. Policies, registered by name (see `make_policy
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from llmauction_sim.config import ConfigBase, ConfigError, option
+from llmauction_sim.registry import Registry
 
 # --------------------------------------------------------------------------------------------------
 # values per click
@@ -284,35 +284,32 @@ class UtilityMaximizer(BiddingPolicy):
 # --------------------------------------------------------------------------------------------------
 
 PolicyFactory = Callable[..., BiddingPolicy]
-_POLICIES: dict[str, PolicyFactory] = {"truthful": Truthful, "fixed": Fixed,
-                                       "value_maximizer": ValueMaximizer,
-                                       "utility_maximizer": UtilityMaximizer}
-ALIASES = {"vm": "value_maximizer", "um": "utility_maximizer"}
+POLICIES: Registry[PolicyFactory] = Registry(
+    "bidding policy", error=ConfigError,
+    aliases={"vm": "value_maximizer", "um": "utility_maximizer"})
+for _name, _factory in (("truthful", Truthful), ("fixed", Fixed),
+                        ("value_maximizer", ValueMaximizer),
+                        ("utility_maximizer", UtilityMaximizer)):
+    POLICIES.register(_name, _factory)
 
 
 def register_policy(name: str, factory: PolicyFactory) -> None:
     """Register `factory(num, rng, grid, **params) -> BiddingPolicy` under `name`."""
-    _POLICIES[name] = factory
+    POLICIES.register(name, factory)
 
 
 def policy_names() -> list[str]:
-    return sorted(_POLICIES)
+    return POLICIES.names()
 
 
 def canonical_policy_name(name: str) -> str:
-    name = ALIASES.get(name.strip().lower(), name.strip().lower())
-    if name not in _POLICIES:
-        close = difflib.get_close_matches(name, list(_POLICIES) + list(ALIASES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown bidding policy {name!r}{hint}; choose one of "
-                          f"{', '.join(policy_names())} (aliases: vm, um)")
-    return name
+    return POLICIES.canonical(name.strip().lower())
 
 
 def make_policy(name: str, num: int = 1, *, rng: np.random.Generator | None = None,
                 grid: np.ndarray | None = None, **params: Any) -> BiddingPolicy:
     """A policy group of `num` advertisers of type `name` (aliases vm, um) with `params`."""
-    factory = _POLICIES[canonical_policy_name(name)]
+    factory = POLICIES.get(name.strip().lower())
     rng = rng if rng is not None else np.random.default_rng(0)
     grid = default_grid() if grid is None else grid
     try:

@@ -6,7 +6,6 @@ touching the market: a policy sees each auction it enters and each outcome it ge
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.users import UserProfile
 from llmauction_sim.mechanisms.base import Allocation, AuctionRequest, Mechanism
+from llmauction_sim.registry import Registry
 
 # ------------------------------------------------------------------------------------------------
 # bidding policies
@@ -98,30 +98,25 @@ class FixedBid:
 
 # A factory gets the market config, the advertiser's private value and a Generator for its own
 # one-off draws; the registry is how later policies (value/utility maximizers) join.
-_POLICIES: dict[str, Callable[..., BidPolicy]] = {
-    "uniform_per_query": lambda market, value, rng: UniformPerQuery(market.bid_low,
-                                                                    market.bid_high),
-    "fixed": lambda market, value, rng: FixedBid(rng.integers(market.bid_low,
-                                                              market.bid_high + 1)),
-}
+BID_POLICIES: Registry[Callable[..., BidPolicy]] = Registry("bid policy",
+                                                            "config: market.bidding")
+BID_POLICIES.register("uniform_per_query",
+                      lambda market, value, rng: UniformPerQuery(market.bid_low, market.bid_high))
+BID_POLICIES.register("fixed", lambda market, value, rng: FixedBid(
+    rng.integers(market.bid_low, market.bid_high + 1)))
 
 
 def register_bid_policy(name: str, factory: Callable[..., BidPolicy]) -> None:
     """Register `factory(market_config, value_per_click, rng) -> BidPolicy` under `name`."""
-    _POLICIES[name] = factory
+    BID_POLICIES.register(name, factory)
 
 
 def bid_policy_names() -> list[str]:
-    return sorted(_POLICIES)
+    return BID_POLICIES.names()
 
 
 def make_bid_policy(name: str, market_config, value: float, rng: np.random.Generator) -> BidPolicy:
-    if name not in _POLICIES:
-        close = difflib.get_close_matches(name, list(_POLICIES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown bid policy {name!r}{hint}; choose one of "
-                         f"{', '.join(bid_policy_names())} (config: market.bidding)")
-    return _POLICIES[name](market_config, value, rng)
+    return BID_POLICIES.get(name)(market_config, value, rng)
 
 
 # ------------------------------------------------------------------------------------------------

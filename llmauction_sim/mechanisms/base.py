@@ -3,7 +3,6 @@ payments. Mechanisms are registered by name (``register_mechanism`` / ``make_mec
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +13,7 @@ from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.mentions import MentionReport
 from llmauction_sim.domain.payments import first_price_per_click
 from llmauction_sim.domain.users import UserProfile
+from llmauction_sim.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -66,27 +66,22 @@ class FirstPricePerClick:
         return first_price_per_click(request.bids, [c for c in clicked if c in exposed])
 
 
-_MECHANISMS: dict[str, Callable[..., Mechanism]] = {}
+MECHANISMS: Registry[Callable[..., Mechanism]] = Registry(
+    "mechanism", "config: market.mechanism, CLI: --mechanism")
 
 
 def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> None:
     """Register `factory(config: RunConfig, **resources) -> Mechanism` under `name`."""
-    _MECHANISMS[name] = factory
+    MECHANISMS.register(name, factory)
 
 
 def mechanism_names() -> list[str]:
-    return sorted(_MECHANISMS)
+    return MECHANISMS.names()
 
 
 def check_mechanism(name: str) -> None:
-    if name not in _MECHANISMS:
-        close = difflib.get_close_matches(name, list(_MECHANISMS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown mechanism {name!r}{hint}; choose one of "
-                         f"{', '.join(mechanism_names())} (config: market.mechanism, "
-                         "CLI: --mechanism)")
+    MECHANISMS.canonical(name)
 
 
 def make_mechanism(name: str, config, **resources) -> Mechanism:
-    check_mechanism(name)
-    return _MECHANISMS[name](config, **resources)
+    return MECHANISMS.get(name)(config, **resources)
