@@ -250,6 +250,13 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz(args: argparse.Namespace) -> int:
+    from llmauction_sim.market.app import serve
+
+    serve(_resolve_config(args), args.host, args.port, args.data)  # replaces this process
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from llmauction_sim.lm.registry import registered_models, resolve_model
 
@@ -390,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resolve NAME (converting the embedded model once) and print its "
                         "folder")
     models.set_defaults(func=cmd_models)
+    viz = sub.add_parser(
+        "viz", help="the market in the browser (Mesa SolaraViz page)",
+        description="Serve the market page (controls, plots, advertisers, conversations with "
+        "highlighted ads) with Solara, offline; see docs/viz.md.")
+    viz.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                     "127.0.0.1)")
+    viz.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    viz.add_argument("--data", type=Path, help="folder of `data build` (default: a small "
+                     "User-LLM build in the cache folder, made once)")
+    _config_args(viz)
+    viz.set_defaults(func=cmd_viz)
     return parser
 
 

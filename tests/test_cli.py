@@ -35,6 +35,7 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
     (["config", "show"], ["--config", "--set", "--seed"]),
     (["config", "docs"], ["usage:"]),
     (["models"], ["--prepare"]),
+    (["viz"], ["--host", "--port", "--data", "--config", "--set", "--seed"]),
     (["equilibrium"], ["--mechanism", "--advertisers", "--rounds", "--auctions-per-round",
                        "--out", "--config", "--set", "--seed"]),
     (["evaluate"], ["--mechanism", "--test-queries", "--data", "--out", "--config", "--set",
