@@ -364,8 +364,9 @@ class MarketConfig(ConfigBase):
                                    "batched call.", min=1)
     mechanism: str = option("pretrained", "Auction mechanism, by registered name.")
     bidding: str = option("uniform_per_query", "Advertisers' bid policy: 'uniform_per_query' "
-                          "(paper: integer bid drawn uniformly per query) or 'fixed' (one bid "
-                          "per ad, drawn once).")
+                          "(paper: integer bid drawn uniformly per query), 'fixed' (one bid per "
+                          "ad, drawn once), a learner ('value_maximizer', 'utility_maximizer', "
+                          "'truthful') for every ad, or a population like 'vm:50,um:50'.")
     bid_low: int = option(1, "Lowest bid.", min=0)
     bid_high: int = option(100, "Highest bid.", min=1)
     value_low: float = option(1.0, "Lowest private value per click (uniform draw per "

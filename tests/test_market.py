@@ -292,3 +292,42 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_result(tmp_path, packaged_ca
     for x, y in zip(run_tables(tmp_path / "full"), run_tables(tmp_path / "killed")):
         pd.testing.assert_frame_equal(x, y)
     assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["sessions"] == 1
+
+
+def test_learning_bidders_in_the_market_resume_exactly(tmp_path, packaged_catalog, resources):
+    """Value and utility maximizers bid multiplier x value, learn each round, and checkpoint."""
+    cfg = config(steps=4, bidding="vm:50,um:50", data=str(tmp_path / "data"))
+    profiles, queries = small_data(packaged_catalog)
+    (tmp_path / "data").mkdir()
+    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
+    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    simulate(cfg, tmp_path / "a", progress=False, **resources(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        simulate(cfg, tmp_path / "b", progress=False, **resources(cfg, fail_on_call=3))
+    simulate(cfg, tmp_path / "b", resume=True, progress=False, **resources(cfg))
+    for x, y in zip(run_tables(tmp_path / "a"), run_tables(tmp_path / "b")):
+        pd.testing.assert_frame_equal(x, y)
+
+    market = AdMarket(cfg, profiles, queries, **resources(cfg))
+    kinds = {a.policy.name for a in market.advertisers.values()}
+    assert kinds == {"value_maximizer", "utility_maximizer"}
+    for _ in range(3):
+        market.step()
+    for advertiser in market.advertisers.values():
+        assert cfg.market.bid_low <= advertiser.bid <= cfg.market.bid_high or advertiser.auctions == 0
+    joined = [a for a in market.advertisers.values() if a.auctions > 0]
+    # Every participant updated once per round: value maximizers moved off their start of 1.
+    assert all(a.policy.policy.multiplier[0] != 1.0 for a in joined
+               if a.policy.name == "value_maximizer")
+    grid = set(np.round(market.advertisers[joined[0].ad_id].policy.policy.grid, 9))
+    assert all(round(float(a.policy.policy.multiplier[0]), 9) in grid for a in joined
+               if a.policy.name == "utility_maximizer")
+
+
+def test_population_must_cover_the_catalog(packaged_catalog, resources):
+    from llmauction_sim.config import ConfigError
+
+    cfg = config(bidding="vm:3,um:3")
+    profiles, queries = small_data(packaged_catalog)
+    with pytest.raises(ConfigError, match="has 6 advertisers but the catalog has 100 ads"):
+        AdMarket(cfg, profiles, queries, **resources(cfg))

@@ -23,6 +23,7 @@ from llmauction_sim.domain.catalog import Catalog, load_catalog
 from llmauction_sim.domain.users import profiles_from_frame
 from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
 from llmauction_sim.market.agents import AdvertiserAgent, AuctioneerAgent, UserAgent, make_bid_policy
+from llmauction_sim.market.learners import population_factories
 from llmauction_sim.mechanisms import AuctionRequest, make_mechanism
 
 _VALUES_STREAM, _ROUND_STREAM = 1, 2  # independent seed streams: advertiser setup, rounds
@@ -96,9 +97,13 @@ class AdMarket(mesa.Model):
                              "build (`llmauction data build`)")
         setup = np.random.default_rng([config.seed, _VALUES_STREAM])
         values = setup.uniform(market.value_low, market.value_high, len(self.catalog))
-        self.advertisers = {
-            ad.id: AdvertiserAgent(self, ad, v, make_bid_policy(market.bidding, market, v, setup))
-            for ad, v in zip(self.catalog, values)}
+        if ":" in market.bidding:  # a population such as "vm:50,um:50"
+            factories = population_factories(market.bidding, len(self.catalog))
+            policies = [f(market, v, setup) for f, v in zip(factories, values)]
+        else:
+            policies = [make_bid_policy(market.bidding, market, v, setup) for v in values]
+        self.advertisers = {ad.id: AdvertiserAgent(self, ad, v, policy)
+                            for ad, v, policy in zip(self.catalog, values, policies)}
         self.auctioneer = AuctioneerAgent(self, mechanism)
         self.round_records: list[dict] = []
         self.timings: dict[str, float] = {}
@@ -163,6 +168,10 @@ class AdMarket(mesa.Model):
                     {k: v for k, v in alloc.report.error_counts().items() if v}, sort_keys=True),
                 "judge_malformed": bool(decision.malformed),
             })
+        for advertiser in self.advertisers.values():  # learners update once per round
+            end_round = getattr(advertiser.policy, "end_round", None)
+            if end_round is not None:
+                end_round(advertiser)
         for key, seconds in (("retrieve_and_bid", t1 - t0), ("allocate", t2 - t1),
                              ("judge", t3 - t2)):
             self.timings[key] = self.timings.get(key, 0.0) + seconds
