@@ -1,0 +1,188 @@
+"""One DPO phase of IRPO (Algorithm 1, step 5) with TRL's `DPOTrainer`.
+
+The reference policy is the policy at the start of the phase:
+
+* LoRA (default): on a plain model the reference is the base model with the adapter disabled; on a
+  model that already carries an adapter from an earlier phase, TRL copies that adapter into a frozen
+  "ref" adapter. With `precompute_ref_log_probs` the reference log-probs are computed once, before
+  the first update, from that same reference.
+* Full fine-tuning: the reference log-probs are precomputed from the model before the first update
+  (or, with precomputation off, a frozen copy of the model is the reference).
+
+Settings fit a CPU: fp32, no gradient checkpointing, small batches, no reports, no checkpoints
+(only the final adapter or model is written, when an output folder is given).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmauction_sim.config import ConfigBase, ConfigError, option
+
+#: Keys of the trainer's log history reported by `run_dpo_phase`.
+DPO_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
+               "rewards/rejected", "logps/chosen", "logps/rejected")
+
+
+@dataclass(frozen=True)
+class DpoConfig(ConfigBase):
+    """One DPO phase of IRPO (TRL DPOTrainer)."""
+    beta: float = option(0.1, "DPO temperature beta (KL strength to the phase's reference).",
+                         min=0, exclusive_min=True)
+    lora: bool = option(True, "Train a LoRA adapter (PEFT); false = full fine-tuning.")
+    lora_r: int = option(8, "LoRA rank.", min=1)
+    lora_alpha: int = option(16, "LoRA scaling alpha.", min=1)
+    lora_dropout: float = option(0.0, "LoRA dropout.", min=0, max=1)
+    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                            "Modules that get LoRA adapters.")
+    learning_rate: float = option(5e-5, "Peak learning rate (the paper uses 1e-6 with full "
+                                  "fine-tuning of a 4B model; LoRA needs a larger one).",
+                                  min=0, exclusive_min=True)
+    lr_scheduler: str = option("cosine", "Learning-rate schedule.",
+                               choices=["cosine", "linear", "constant", "constant_with_warmup"])
+    warmup_ratio: float = option(0.1, "Share of steps spent warming up (TrainingArguments' "
+                                 "warmup_steps as a fraction).", min=0, max=0.99)
+    epochs: float = option(1.0, "Passes over the phase's pairs.", min=0, exclusive_min=True)
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run `epochs`).")
+    batch_size: int = option(4, "Pairs per device batch.", min=1)
+    gradient_accumulation_steps: int = option(1, "Batches per optimizer step.", min=1)
+    max_length: int = option(512, "Longest prompt+response in tokens (longer ones are cut at "
+                             "the end).", min=8)
+    precompute_ref_log_probs: bool = option(True, "Compute the reference log-probs once before "
+                                            "training (no second model held in memory).")
+    bf16: bool = option(False, "bfloat16 autocast (off: fp32, exact on CPU).")
+    logging_steps: int = option(1, "Log the trainer's metrics every this many steps.", min=1)
+    seed: int = option(0, "Seed of data order and adapter initialisation.")
+
+    def validate(self) -> None:
+        if self.lora and not self.lora_target_modules:
+            raise ConfigError("lora_target_modules: LoRA needs at least one target module")
+
+
+@dataclass
+class DpoResult:
+    """The trained policy (a PEFT model when LoRA is on), summary metrics and the raw log."""
+    model: Any
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str | None = None
+
+
+def _summarise(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """First and last value of each DPO metric over the logged steps, and the step count."""
+    steps = [h for h in history if "loss" in h and "train_loss" not in h]
+    out: dict[str, float] = {"logged_steps": float(len(steps))}
+    for key in DPO_METRICS:
+        values = [float(h[key]) for h in steps if key in h]
+        if values:
+            out[f"{key}_first"] = values[0]
+            out[key] = values[-1]
+            out[f"{key}_mean"] = sum(values) / len(values)
+    for h in history:
+        if "train_loss" in h:
+            out["train_loss"] = float(h["train_loss"])
+            out["train_runtime_s"] = float(h.get("train_runtime", 0.0))
+    return out
+
+
+def run_dpo_phase(model, tokenizer, pairs, config: DpoConfig | None = None,
+                  output_dir: str | os.PathLike | None = None) -> DpoResult:
+    """Train `model` (a causal LM, possibly already a PEFT model) with DPO on `pairs` (a
+    `datasets.Dataset` from `pairs.build_preference_pairs`); the reference is `model` as passed.
+
+    Writes only the final adapter (LoRA) or model to `output_dir` when one is given.
+    """
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    cfg = config or DpoConfig()
+    if len(pairs) == 0:
+        raise ValueError("no preference pairs for this DPO phase: every prompt's responses were "
+                         "within delta_th of its best one; sample more responses per prompt or "
+                         "lower delta_th")
+    keep = ["prompt", "chosen", "rejected"]
+    pairs = pairs.remove_columns([c for c in pairs.column_names if c not in keep])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    on_cpu = not torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="dpo-") as scratch:
+        args = DPOConfig(
+            output_dir=scratch, beta=cfg.beta, learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+            num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+            gradient_checkpointing=False, bf16=cfg.bf16, fp16=False, use_cpu=on_cpu,
+            report_to=[], save_strategy="no", eval_strategy="no",
+            logging_steps=cfg.logging_steps, disable_tqdm=True, seed=cfg.seed,
+            dataloader_num_workers=0, dataset_num_proc=None)
+        peft_config = None
+        ref_model = None
+        if cfg.lora and not isinstance(model, PeftModel):
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                     lora_dropout=cfg.lora_dropout,
+                                     target_modules=list(cfg.lora_target_modules),
+                                     task_type="CAUSAL_LM")
+        elif not cfg.lora and not cfg.precompute_ref_log_probs:
+            ref_model = copy.deepcopy(model).eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+        if not cfg.lora and isinstance(model, PeftModel):
+            raise ValueError("full fine-tuning was asked for a model that carries a LoRA adapter; "
+                             "merge it first (model.merge_and_unload()) or keep lora=true")
+        model.train()
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=pairs,
+                             processing_class=tokenizer, peft_config=peft_config)
+        trainer.remove_callback(PrinterCallback)  # metrics go to the returned log history
+        trainer.train()
+        history = list(trainer.state.log_history)
+        trained = trainer.model
+        if "ref" in getattr(trained, "peft_config", {}):
+            trained.delete_adapter("ref")  # the phase's frozen reference copy is not the policy
+        trained.eval()
+        written = None
+        if output_dir is not None:
+            os.makedirs(output_dir, exist_ok=True)
+            trained.save_pretrained(str(output_dir))
+            written = str(output_dir)
+    return DpoResult(trained, _summarise(history), history, written)
+
+
+def completion_logprobs(model, tokenizer, prompts: Sequence[Sequence[Mapping[str, str]]],
+                        completions: Sequence[str], batch_size: int = 8) -> list[float]:
+    """Sum of the policy's token log-probs of each assistant `completions[k]` after `prompts[k]`
+    (chat template applied as TRL does), e.g. to check a DPO phase's effect."""
+    import torch
+
+    out: list[float] = []
+    model.eval()
+    items = []
+    for prompt, completion in zip(prompts, completions):
+        head = tokenizer.apply_chat_template(list(prompt), tokenize=False,
+                                             add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": completion}], tokenize=False)
+        p_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        items.append((f_ids, len(p_ids)))
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            pad = tokenizer.pad_token_id or 0
+            ids = torch.tensor([f + [pad] * (width - len(f)) for f, _ in chunk])
+            mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f, _ in chunk])
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(
+                -1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            for row, (f, n_prompt) in enumerate(chunk):
+                out.append(float(logps[row, n_prompt - 1:len(f) - 1].sum()))
+    return out
