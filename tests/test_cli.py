@@ -21,7 +21,7 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ["data", "answer", "simulate", "demo", "config", "models", "--verbose"]),
+    ([], ["data", "answer", "simulate", "demo", "sweep", "config", "models", "--verbose"]),
     (["data"], ["build"]),
     (["data", "build"], ["--out", "--profiles", "--queries-per-profile", "--writer", "--quiet",
                          "--config", "--set", "--seed"]),
@@ -31,6 +31,7 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
                     "--resume", "--show-answers", "--quiet", "--config", "--set", "--seed"]),
     (["demo"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--config",
                 "--set", "--seed"]),
+    (["sweep"], ["--out", "--executor"]),
     (["config"], ["show", "docs"]),
     (["config", "show"], ["--config", "--set", "--seed"]),
     (["config", "docs"], ["usage:"]),
