@@ -527,8 +527,13 @@ def _load(name: str, dtype: str, device: str, adapter: str | None):
     return model, tokenizer
 
 
-def load_language_model(config, seed: int = 0) -> TransformersLM:
-    """A `TransformersLM` for a `ModelConfig`; weights are shared between equal configs."""
+def load_language_model(config, seed: int = 0):
+    """The `LanguageModel` for a `ModelConfig` (its `backend`); weights are shared between equal
+    configs."""
+    if config.backend == "vllm":
+        from llmauction_sim.lm.vllm import load_vllm_model
+
+        return load_vllm_model(config, seed)
     model, tokenizer = _load(config.name, config.dtype, config.device, config.adapter)
     return TransformersLM(model, tokenizer, name=config.name,
                           max_batch_size=config.max_batch_size, seed=seed)

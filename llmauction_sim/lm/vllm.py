@@ -1,0 +1,115 @@
+"""vLLM backend: the `LanguageModel` protocol on vLLM's offline engine (GPU; the `gpu` extra).
+
+Chosen by config (`ad_llm.backend = "vllm"`, `user_llm.backend = "vllm"`). Each sample is its own
+request with its own seed (the seeds `sample_seeds` derives, as in the transformers backend), so a
+sample does not depend on the rest of the batch; vLLM batches the requests and shares the prompt
+prefix in its KV cache. Scoring reads prompt log-probabilities of prompt + continuation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
+
+
+def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int):
+    """Our per-prompt settings as one vLLM request's `SamplingParams` (n = 1, its own seed)."""
+    return vllm.SamplingParams(
+        n=1, temperature=params.temperature, top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,  # vLLM: -1 switches top-k off
+        max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None,
+        include_stop_str_in_output=True)
+
+
+def completion_from_output(output: Any) -> Completion:
+    """A vLLM `CompletionOutput` as our `Completion` (finished = the model ended its turn)."""
+    return Completion(text=output.text.strip(), num_tokens=len(output.token_ids),
+                      finished=output.finish_reason == "stop")
+
+
+def continuation_logprob(prompt_logprobs: Sequence[Any], token_ids: Sequence[int],
+                         start: int) -> float:
+    """Sum of log p(token) over positions start.. of a request's `prompt_logprobs`.
+
+    `prompt_logprobs[i]` maps token ids to objects with a `.logprob` (None at position 0).
+    """
+    total = 0.0
+    for pos in range(start, len(token_ids)):
+        entry = prompt_logprobs[pos][token_ids[pos]]
+        total += float(getattr(entry, "logprob", entry))
+    return total
+
+
+class VLLMModel:
+    """`LanguageModel` over `vllm.LLM` (offline batched generation and prompt log-probs)."""
+
+    def __init__(self, llm: Any, vllm_module: Any, name: str = "model", seed: int = 0):
+        self.llm = llm
+        self.vllm = vllm_module
+        self.name = name
+        self.tokenizer = llm.get_tokenizer()
+        self.rng = np.random.default_rng(seed)
+
+    def encode_chat(self, chat: Chat) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(chat), tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: Sequence[Chat],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        params = expand_params(params, len(prompts))
+        seeds = sample_seeds(params, self.rng)
+        requests, settings = [], []
+        for chat, p, row_seeds in zip(prompts, params, seeds):
+            ids = self.encode_chat(chat)
+            for s in row_seeds:
+                requests.append({"prompt_token_ids": ids})
+                settings.append(vllm_sampling_params(self.vllm, p, s))
+        outputs = self.llm.generate(requests, settings, use_tqdm=False) if requests else []
+        results, k = [], 0
+        for p in params:
+            results.append([completion_from_output(o.outputs[0]) for o in outputs[k:k + p.n]])
+            k += p.n
+        return results
+
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} "
+                             "continuations; pass one continuation per prompt")
+        requests, starts = [], []
+        for chat, cont in zip(prompts, continuations):
+            ids = self.encode_chat(chat)
+            starts.append(len(ids))
+            requests.append({"prompt_token_ids": ids + self.tokenizer(
+                cont, add_special_tokens=False)["input_ids"]})
+        params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        return np.array([continuation_logprob(o.prompt_logprobs, r["prompt_token_ids"], s)
+                         for o, r, s in zip(outputs, requests, starts)])
+
+
+@functools.lru_cache(maxsize=2)
+def _engine(name: str, dtype: str, adapter: str | None):
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RuntimeError("backend = 'vllm' needs vLLM on a GPU machine: pip install "
+                           "'llmauction-sim[gpu]' (or use backend = 'transformers')") from exc
+    from llmauction_sim.lm.registry import resolve_model
+
+    if adapter:
+        raise ValueError("backend = 'vllm' does not load PEFT adapters here; merge the adapter "
+                         "into a checkpoint (peft merge_and_unload) and set the model name to it")
+    llm = vllm.LLM(model=resolve_model(name), dtype="auto" if dtype == "auto" else dtype,
+                   enable_prefix_caching=True)
+    return llm, vllm
+
+
+def load_vllm_model(config, seed: int = 0) -> VLLMModel:
+    llm, vllm = _engine(config.name, config.dtype, config.adapter)
+    return VLLMModel(llm, vllm, name=config.name, seed=seed)
