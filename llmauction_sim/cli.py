@@ -211,6 +211,25 @@ def cmd_bid_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_irpo(args: argparse.Namespace) -> int:
+    from llmauction_sim.learning.irpo import run_irpo
+
+    for flag, value in (("--epochs", args.epochs), ("--train-queries", args.train_queries),
+                        ("--test-queries", args.test_queries)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} = {value} must be >= 1")
+    config = _resolve_config(args, _opt("irpo.epochs", args.epochs)
+                             + _opt("irpo.train_queries", args.train_queries)
+                             + _opt("irpo.test_queries", args.test_queries))
+    epochs = run_irpo(config, args.out, resume=args.resume, progress=not args.quiet,
+                      data=args.data)
+    columns = [c for c in ("epoch", "revenue_per_query", "reward_per_query", "ctr",
+                           "format_error_rate", "pctr_auc", "dpo_loss", "pairs") if c in epochs]
+    print(epochs[columns].to_string(index=False))
+    print(f"\nrun folder: {args.out} (epochs.parquet, epoch-*/adapter)")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from llmauction_sim.sweep import describe, run_sweep
 
@@ -369,6 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    irpo = sub.add_parser(
+        "irpo", help="train the Ad-LLM by IRPO (pCTR reward model + DPO), checkpointed",
+        description="Iterative reward-preference optimisation: per epoch collect clicks with the "
+        "current policy, refit the pCTR model, sample M answers per training prompt, build "
+        "best-vs-worse pairs and run DPO; evaluate on held-out queries. Writes OUT/epochs.parquet "
+        "and one folder per epoch; --resume restarts at the interrupted phase.")
+    irpo.add_argument("--out", type=Path, required=True, help="run folder")
+    irpo.add_argument("--epochs", type=int, help="IRPO epochs (default irpo.epochs = 3)")
+    irpo.add_argument("--train-queries", type=int, help="training auctions per epoch")
+    irpo.add_argument("--test-queries", type=int, help="held-out auctions for evaluation")
+    irpo.add_argument("--data", help="folder of `llmauction data build` (default: a small build "
+                      "inside the run folder)")
+    irpo.add_argument("--resume", action="store_true", help="continue the run in --out")
+    irpo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _config_args(irpo)
+    irpo.set_defaults(func=cmd_irpo)
+
     sweep = sub.add_parser(
         "bid-sweep", help="ITCTR and clicks of one ad as its bid varies",
         description="Monotonicity (one ad per test query, bids 1,10,...,100) or continuity (one "
@@ -440,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llmauction: config error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, ModelNotFoundError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, ModelNotFoundError) as exc:
         print(f"llmauction: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -256,7 +256,8 @@ def field_docs(cls: type, prefix: str = "", instance: Any = None
 class ModelConfig(ConfigBase):
     name: str = option("smollm2-135m-instruct",
                        "Registered model name, Hugging Face id or local checkpoint folder.")
-    backend: str = option("transformers", "Generation backend.", choices=["transformers"])
+    backend: str = option("transformers", "Generation backend: 'transformers' (CPU or GPU) or "
+                          "'vllm' (GPU, the gpu extra).", choices=["transformers", "vllm"])
     dtype: str = option("auto", "Weights/compute dtype; auto = bfloat16 where the CPU supports it, "
                         "else float32 (bfloat16 on CUDA).",
                         choices=["auto", "float32", "bfloat16", "float16"])
@@ -412,6 +413,86 @@ class MechanismConfig(ConfigBase):
         None, "llm_auction: PEFT adapter folder of the trained Ad-LLM (default ad_llm.adapter).")
 
 
+# The learning sections live next to their code; imported here, after ConfigBase is defined.
+
+
+@dataclass(frozen=True)
+class PctrConfig(ConfigBase):
+    """The pCTR reward model: architecture, training and evaluation."""
+    encoder: str = option("all-minilm-l6-v2", "Frozen sentence encoder over query and response: "
+                          "the packaged MiniLM or any sentence-transformers model name or folder.")
+    user_dim: int = option(64, "Size of the learned user-ID embedding.", min=1)
+    ad_dim: int = option(32, "Size of the learned ad-ID embedding.", min=1)
+    hidden: list[int] = option([128, 64, 32], "Hidden layer sizes of the MLP (ReLU).")
+    learning_rate: float = option(1e-3, "Adam learning rate.", min=0, exclusive_min=True)
+    batch_size: int = option(256, "Training batch size.", min=1)
+    epochs: int = option(10, "Passes over the training rows.", min=1)
+    weight_decay: float = option(0.0, "Adam weight decay.", min=0)
+    unknown_id_rate: float = option(0.05, "Share of training rows whose user/ad ID is replaced by "
+                                    "the 'unknown' row, so that row is learned.", min=0, max=1)
+    holdout_fraction: float = option(0.2, "Share of rows held out for the report when the click "
+                                     "log has no `split` column.", min=0, max=0.9)
+    calibration_bins: int = option(10, "Quantile bins of the calibration table.", min=1)
+    predict_batch_size: int = option(4096, "Rows per forward pass at prediction time.", min=1)
+    seed: int = option(0, "Seed of initialisation, shuffling and the holdout draw.")
+
+    def validate(self) -> None:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden: {self.hidden!r} must be a non-empty list of positive sizes")
+
+
+@dataclass(frozen=True)
+class DpoConfig(ConfigBase):
+    """One DPO phase of IRPO (TRL DPOTrainer)."""
+    beta: float = option(0.1, "DPO temperature beta (KL strength to the phase's reference).",
+                         min=0, exclusive_min=True)
+    lora: bool = option(True, "Train a LoRA adapter (PEFT); false = full fine-tuning.")
+    lora_r: int = option(8, "LoRA rank.", min=1)
+    lora_alpha: int = option(16, "LoRA scaling alpha.", min=1)
+    lora_dropout: float = option(0.0, "LoRA dropout.", min=0, max=1)
+    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                            "Modules that get LoRA adapters.")
+    learning_rate: float = option(5e-5, "Peak learning rate (the paper uses 1e-6 with full "
+                                  "fine-tuning of a 4B model; LoRA needs a larger one).",
+                                  min=0, exclusive_min=True)
+    lr_scheduler: str = option("cosine", "Learning-rate schedule.",
+                               choices=["cosine", "linear", "constant", "constant_with_warmup"])
+    warmup_ratio: float = option(0.1, "Share of steps spent warming up (TrainingArguments' "
+                                 "warmup_steps as a fraction).", min=0, max=0.99)
+    epochs: float = option(1.0, "Passes over the phase's pairs.", min=0, exclusive_min=True)
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run `epochs`).")
+    batch_size: int = option(4, "Pairs per device batch.", min=1)
+    gradient_accumulation_steps: int = option(1, "Batches per optimizer step.", min=1)
+    max_length: int = option(512, "Longest prompt+response in tokens (longer ones are cut at "
+                             "the end).", min=8)
+    precompute_ref_log_probs: bool = option(True, "Compute the reference log-probs once before "
+                                            "training (no second model held in memory).")
+    bf16: bool = option(False, "bfloat16 autocast (off: fp32, exact on CPU).")
+    logging_steps: int = option(1, "Log the trainer's metrics every this many steps.", min=1)
+    seed: int = option(0, "Seed of data order and adapter initialisation.")
+
+    def validate(self) -> None:
+        if self.lora and not self.lora_target_modules:
+            raise ConfigError("lora_target_modules: LoRA needs at least one target module")
+
+
+@dataclass(frozen=True)
+class IrpoConfig(ConfigBase):
+    """The IRPO loop (paper Algorithm 1; docs/irpo.md)."""
+    epochs: int = option(3, "IRPO epochs (collect, refit pCTR, sample, pairs, DPO, evaluate).",
+                         min=1)
+    samples_per_query: int = option(10, "Answers the deployed policy writes per training query "
+                                    "when collecting clicks.", min=1)
+    candidates_per_prompt: int = option(5, "Answers M sampled per training prompt and scored "
+                                        "with R for the preference pairs.", min=2)
+    delta_th: float = option(10.0, "Reward gap (bid units) a loser must trail the winner by.",
+                             min=0)
+    reward: str = option("pctr", "Reward R: 'pctr' (learned pCTR model) or 'oracle' (the judge's "
+                         "realised clicks).", choices=["pctr", "oracle"])
+    train_queries: int = option(64, "Training queries (train split) used per epoch.", min=1)
+    test_queries: int = option(32, "Test queries of the per-epoch evaluation.", min=1)
+
+
 @dataclass(frozen=True)
 class RunConfig(ConfigBase):
     seed: int = option(0, "The one seed every random draw derives from.", min=0)
@@ -428,6 +509,9 @@ class RunConfig(ConfigBase):
     clicks: ClickConfig = section(ClickConfig, "The User-LLM's click decisions.")
     market: MarketConfig = section(MarketConfig, "The stepped market.")
     mechanisms: MechanismConfig = section(MechanismConfig, "Baseline mechanisms' parameters.")
+    pctr: PctrConfig = section(PctrConfig, "The pCTR reward model of IRPO.")
+    dpo: DpoConfig = section(DpoConfig, "One DPO phase of IRPO.")
+    irpo: IrpoConfig = section(IrpoConfig, "The IRPO training loop.")
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates

@@ -21,7 +21,8 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], ["data", "answer", "simulate", "demo", "sweep", "config", "models", "--verbose"]),
+    ([], ["data", "answer", "simulate", "demo", "irpo", "sweep", "config", "models",
+          "--verbose"]),
     (["data"], ["build"]),
     (["data", "build"], ["--out", "--profiles", "--queries-per-profile", "--writer", "--quiet",
                          "--config", "--set", "--seed"]),
@@ -31,6 +32,8 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
                     "--resume", "--show-answers", "--quiet", "--config", "--set", "--seed"]),
     (["demo"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--config",
                 "--set", "--seed"]),
+    (["irpo"], ["--out", "--epochs", "--train-queries", "--test-queries", "--data", "--resume",
+                "--config", "--set", "--seed"]),
     (["sweep"], ["--out", "--executor"]),
     (["config"], ["show", "docs"]),
     (["config", "show"], ["--config", "--set", "--seed"]),
@@ -196,3 +199,8 @@ def test_simulate_bad_input(capsys, tmp_path, argv, message) -> None:
     code, _, err = run(capsys, ["simulate", "--out", str(tmp_path / "run"), "--quiet", *argv])
     assert code == 2
     assert message in err
+
+
+def test_irpo_bad_input(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, ["irpo", "--out", str(tmp_path / "r"), "--epochs", "0"])
+    assert code == 2 and "--epochs = 0 must be >= 1" in err

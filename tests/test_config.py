@@ -185,7 +185,7 @@ def test_unknown_key_without_close_match_lists_known_fields() -> None:
     ("ad_sampling.temperature=warm", "ad_sampling.temperature"),
     ("data.query_writer=bogus", "data.query_writer"),
     ("ad_llm.dtype=float8", "ad_llm.dtype"),
-    ("ad_llm.backend=vllm", "ad_llm.backend"),
+    ("ad_llm.backend=sglang", "ad_llm.backend"),
 ])
 def test_bad_value_names_field(override: str, field_name: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -22,46 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmauction_sim.config import ConfigBase, ConfigError, option
+from llmauction_sim.config import DpoConfig
 
 #: Keys of the trainer's log history reported by `run_dpo_phase`.
 DPO_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
                "rewards/rejected", "logps/chosen", "logps/rejected")
-
-
-@dataclass(frozen=True)
-class DpoConfig(ConfigBase):
-    """One DPO phase of IRPO (TRL DPOTrainer)."""
-    beta: float = option(0.1, "DPO temperature beta (KL strength to the phase's reference).",
-                         min=0, exclusive_min=True)
-    lora: bool = option(True, "Train a LoRA adapter (PEFT); false = full fine-tuning.")
-    lora_r: int = option(8, "LoRA rank.", min=1)
-    lora_alpha: int = option(16, "LoRA scaling alpha.", min=1)
-    lora_dropout: float = option(0.0, "LoRA dropout.", min=0, max=1)
-    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"],
-                                            "Modules that get LoRA adapters.")
-    learning_rate: float = option(5e-5, "Peak learning rate (the paper uses 1e-6 with full "
-                                  "fine-tuning of a 4B model; LoRA needs a larger one).",
-                                  min=0, exclusive_min=True)
-    lr_scheduler: str = option("cosine", "Learning-rate schedule.",
-                               choices=["cosine", "linear", "constant", "constant_with_warmup"])
-    warmup_ratio: float = option(0.1, "Share of steps spent warming up (TrainingArguments' "
-                                 "warmup_steps as a fraction).", min=0, max=0.99)
-    epochs: float = option(1.0, "Passes over the phase's pairs.", min=0, exclusive_min=True)
-    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run `epochs`).")
-    batch_size: int = option(4, "Pairs per device batch.", min=1)
-    gradient_accumulation_steps: int = option(1, "Batches per optimizer step.", min=1)
-    max_length: int = option(512, "Longest prompt+response in tokens (longer ones are cut at "
-                             "the end).", min=8)
-    precompute_ref_log_probs: bool = option(True, "Compute the reference log-probs once before "
-                                            "training (no second model held in memory).")
-    bf16: bool = option(False, "bfloat16 autocast (off: fp32, exact on CPU).")
-    logging_steps: int = option(1, "Log the trainer's metrics every this many steps.", min=1)
-    seed: int = option(0, "Seed of data order and adapter initialisation.")
-
-    def validate(self) -> None:
-        if self.lora and not self.lora_target_modules:
-            raise ConfigError("lora_target_modules: LoRA needs at least one target module")
 
 
 @dataclass

@@ -26,38 +26,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from llmauction_sim.config import ConfigBase, ConfigError, option
+from llmauction_sim.config import PctrConfig
 
 #: Columns a click log must have; `split` is optional ("train" rows train, the others are held out).
 CLICK_LOG_COLUMNS = ("user_id", "ad_id", "query", "response", "clicked")
 UNKNOWN = "<unknown>"
 _WEIGHTS = "pctr_model.pt"
 _META = "pctr_model.json"
-
-
-@dataclass(frozen=True)
-class PctrConfig(ConfigBase):
-    """The pCTR reward model: architecture, training and evaluation."""
-    encoder: str = option("all-minilm-l6-v2", "Frozen sentence encoder over query and response: "
-                          "the packaged MiniLM or any sentence-transformers model name or folder.")
-    user_dim: int = option(64, "Size of the learned user-ID embedding.", min=1)
-    ad_dim: int = option(32, "Size of the learned ad-ID embedding.", min=1)
-    hidden: list[int] = option([128, 64, 32], "Hidden layer sizes of the MLP (ReLU).")
-    learning_rate: float = option(1e-3, "Adam learning rate.", min=0, exclusive_min=True)
-    batch_size: int = option(256, "Training batch size.", min=1)
-    epochs: int = option(10, "Passes over the training rows.", min=1)
-    weight_decay: float = option(0.0, "Adam weight decay.", min=0)
-    unknown_id_rate: float = option(0.05, "Share of training rows whose user/ad ID is replaced by "
-                                    "the 'unknown' row, so that row is learned.", min=0, max=1)
-    holdout_fraction: float = option(0.2, "Share of rows held out for the report when the click "
-                                     "log has no `split` column.", min=0, max=0.9)
-    calibration_bins: int = option(10, "Quantile bins of the calibration table.", min=1)
-    predict_batch_size: int = option(4096, "Rows per forward pass at prediction time.", min=1)
-    seed: int = option(0, "Seed of initialisation, shuffling and the holdout draw.")
-
-    def validate(self) -> None:
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden: {self.hidden!r} must be a non-empty list of positive sizes")
 
 
 class PctrNet(nn.Module):

@@ -1,0 +1,513 @@
+"""The IRPO loop (paper Algorithm 1): deploy, collect clicks, refit pCTR, sample, pair, DPO, evaluate.
+
+Per epoch t = 1..`irpo.epochs` the phases below run in order; each writes its outputs atomically
+under ``OUT/epoch-{t}/`` and then records itself in ``OUT/state.json`` as the last completed phase:
+
+1. ``collect``  - the current policy answers every training auction `samples_per_query` times (bids
+   redrawn per epoch from a generator seeded by (seed, t)); the click judge decides the clicks ->
+   ``clicks.parquet``, one row per exposed ad.
+2. ``pctr``     - the pCTR model is fitted on every click log so far -> ``pctr/`` and ``pctr.json``.
+   With no clicks or no non-clicks the fit is skipped (the note says why) and this epoch's reward
+   falls back to the oracle (realised clicks).
+3. ``sample``   - M = `candidates_per_prompt` answers per training prompt, scored with R ->
+   ``samples.parquet``.
+4. ``pairs``    - winner / losers with `delta_th` -> ``pairs/`` (a `datasets` folder), ``pairs.json``.
+5. ``dpo``      - one DPO phase, reference = the policy at epoch start -> ``adapter/`` (LoRA) or the
+   full model, and ``dpo.json``. With no pairs the phase is skipped and the policy kept.
+6. ``evaluate`` - the policy on the test auctions -> ``eval/`` and one row of ``OUT/epochs.parquet``.
+
+Epoch 0 is an ``evaluate`` of the starting policy. With ``resume=True`` the run restarts at the phase
+after the last completed one; completed phases' outputs are loaded, not recomputed, and the policy is
+rebuilt from the newest saved adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmauction_sim.config import RunConfig
+
+PHASES = ("collect", "pctr", "sample", "pairs", "dpo", "evaluate")
+STATE = "state.json"
+EPOCHS = "epochs.parquet"
+
+# Independent seed streams (mixed with config.seed and the epoch).
+_PICK, _BIDS, _COLLECT, _COLLECT_CLICKS, _SAMPLE, _SAMPLE_CLICKS = 31, 32, 33, 34, 35, 36
+
+
+@dataclass
+class IrpoRun:
+    """What the phases share: settings, auctions, the click judge and the current policy."""
+    config: RunConfig
+    out: Path
+    data: Path
+    train: list  # AuctionRequest without meaningful bids (redrawn per epoch)
+    catalog: Any
+    retriever: Any
+    judge: Any
+    tokenizer: Any
+    model: Any
+    lm: Any
+    make_lm: Callable[[Any, Any], Any]
+    pctr_encoder: Any = None
+    base_model: Any = None
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def epoch_dir(self, t: int) -> Path:
+        path = self.out / f"epoch-{t}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(f"[irpo] {text}", file=sys.stderr, flush=True)
+
+    def set_policy(self, model) -> None:
+        self.model = model
+        self.lm = self.make_lm(model, self.tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _write_json(path: Path, data) -> None:
+    from llmauction_sim.manifest import write_json
+
+    write_json(path, data)
+
+
+def epoch_requests(run: IrpoRun, t: int) -> list:
+    """The training auctions of epoch t: fixed queries and candidates, integer bids uniform over
+    market.bid_low..bid_high drawn from a generator seeded by (seed, t)."""
+    from llmauction_sim.mechanisms import AuctionRequest
+
+    rng = np.random.default_rng([run.config.seed, _BIDS, t])
+    low, high = run.config.market.bid_low, run.config.market.bid_high
+    out = []
+    for r in run.train:
+        bids = rng.integers(low, high + 1, len(r.candidates))
+        out.append(AuctionRequest(r.query_id, r.profile, r.query, r.candidates,
+                                  {ad.id: float(b) for ad, b in zip(r.candidates, bids)}))
+    return out
+
+
+def _prompts(requests) -> list:
+    from llmauction_sim.lm.prompts import ad_llm_messages
+
+    return [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+
+
+def _generate(run: IrpoRun, requests, n: int, rng: np.random.Generator) -> list[list[str]]:
+    from llmauction_sim.lm.base import SamplingParams
+
+    params = [SamplingParams.from_config(run.config.ad_sampling, n=n, seed=int(s))
+              for s in rng.integers(0, 2**63, len(requests))]
+    return [[c.text for c in row] for row in run.lm.generate(_prompts(requests), params)]
+
+
+def _judge(run: IrpoRun, requests, responses, rng: np.random.Generator):
+    """(mention reports, click decisions) of `responses[k]` answering `requests[k]`."""
+    from llmauction_sim.clicks.base import ClickRequest
+    from llmauction_sim.domain.mentions import validate_response
+
+    ids = run.catalog.ids
+    reports = [validate_response(text, r.candidate_titles(), ids)
+               for r, text in zip(requests, responses)]
+    decisions = run.judge.judge(
+        [ClickRequest(r.profile, r.query, text, tuple(run.catalog.by_id(i)
+                                                      for i in rep.exposed_ids), rep.valid)
+         for r, text, rep in zip(requests, responses, reports)], rng)
+    return reports, decisions
+
+
+# ------------------------------------------------------------------------------------------------
+# Phases (module functions, so each can be replaced or wrapped on its own)
+
+
+def collect_phase(run: IrpoRun, t: int) -> pd.DataFrame:
+    """Deploy the policy on the training auctions and judge clicks -> the epoch's click log."""
+    cfg = run.config
+    requests = epoch_requests(run, t)
+    samples = _generate(run, requests, cfg.irpo.samples_per_query,
+                        np.random.default_rng([cfg.seed, _COLLECT, t]))
+    flat_req = [r for r, row in zip(requests, samples) for _ in row]
+    flat_resp = [text for row in samples for text in row]
+    sample_ids = [k for row in samples for k in range(len(row))]
+    reports, decisions = _judge(run, flat_req, flat_resp,
+                                np.random.default_rng([cfg.seed, _COLLECT_CLICKS, t]))
+    rows = []
+    for r, k, text, rep, d in zip(flat_req, sample_ids, flat_resp, reports, decisions):
+        for ad_id in rep.exposed_ids:
+            rows.append({"epoch": t, "query_id": r.query_id, "sample": k,
+                         "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
+                         "response": text, "clicked": int(ad_id in d.clicked),
+                         "bid": float(r.bids[ad_id]),
+                         "click_probability": float(d.probabilities.get(ad_id, math.nan))})
+    columns = ["epoch", "query_id", "sample", "user_id", "ad_id", "query", "response", "clicked",
+               "bid", "click_probability"]
+    log = pd.DataFrame(rows, columns=columns)
+    _write_parquet(log, run.epoch_dir(t) / "clicks.parquet")
+    _write_json(run.epoch_dir(t) / "collect.json",
+                {"responses": len(flat_resp), "exposures": len(log),
+                 "clicks": int(log["clicked"].sum()) if len(log) else 0})
+    return log
+
+
+def load_collect(run: IrpoRun, t: int) -> pd.DataFrame:
+    return pd.read_parquet(run.epoch_dir(t) / "clicks.parquet")
+
+
+def pctr_phase(run: IrpoRun, t: int):
+    """Fit the pCTR model on every click log of epochs 1..t; None (and a note) when it cannot."""
+    from llmauction_sim.learning.pctr import PctrModel
+
+    logs = [load_collect(run, s) for s in range(1, t + 1)
+            if (run.out / f"epoch-{s}" / "clicks.parquet").is_file()]
+    log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
+    clicks = int(log["clicked"].sum()) if len(log) else 0
+    info: dict[str, Any] = {"rows": len(log), "clicks": clicks, "skipped": False, "auc": None}
+    model = None
+    if clicks == 0 or clicks == len(log):
+        what = "no exposures" if not len(log) else ("no clicks" if clicks == 0 else "no non-clicks")
+        info.update(skipped=True, note=f"pCTR fit skipped: the click logs so far have {what}; "
+                    "this epoch's reward falls back to the oracle (realised clicks)")
+    else:
+        model = PctrModel(run.config.pctr, encoder=run.pctr_encoder)
+        try:
+            report = model.fit(log)
+        except ValueError as exc:  # e.g. every click landed in the held-out rows
+            model = None
+            info.update(skipped=True, note=f"pCTR fit skipped: {exc}; this epoch's reward falls "
+                        "back to the oracle (realised clicks)")
+        else:
+            model.save(run.epoch_dir(t) / "pctr")
+            info.update(auc=report.auc, log_loss=report.log_loss,
+                        base_log_loss=report.base_log_loss)
+    _write_json(run.epoch_dir(t) / "pctr.json", info)
+    return model
+
+
+def load_pctr(run: IrpoRun, t: int):
+    from llmauction_sim.learning.pctr import PctrModel
+
+    info = _read_json(run.epoch_dir(t) / "pctr.json", {})
+    if info.get("skipped", True):
+        return None
+    return PctrModel.load(run.epoch_dir(t) / "pctr", encoder=run.pctr_encoder)
+
+
+def sample_phase(run: IrpoRun, t: int, pctr_model) -> pd.DataFrame:
+    """M answers per training prompt, scored with R (pCTR, or the oracle when asked for or when
+    there is no pCTR model this epoch)."""
+    from llmauction_sim.learning.reward import oracle_rewards, pctr_rewards
+
+    cfg = run.config
+    requests = epoch_requests(run, t)
+    samples = _generate(run, requests, cfg.irpo.candidates_per_prompt,
+                        np.random.default_rng([cfg.seed, _SAMPLE, t]))
+    flat_req = [r for r, row in zip(requests, samples) for _ in row]
+    flat_resp = [text for row in samples for text in row]
+    kind = cfg.irpo.reward if pctr_model is not None else "oracle"
+    if kind == "pctr":
+        scored = pctr_rewards(flat_req, flat_resp, pctr_model, cfg.penalty, 1.0, run.catalog.ids)
+    else:
+        reports, decisions = _judge(run, flat_req, flat_resp,
+                                    np.random.default_rng([cfg.seed, _SAMPLE_CLICKS, t]))
+        clicks = [{i: int(i in d.clicked) for i in rep.exposed_ids}
+                  for rep, d in zip(reports, decisions)]
+        scored = oracle_rewards(flat_req, flat_resp, clicks, cfg.penalty, 1.0, run.catalog.ids)
+    frame = pd.DataFrame({
+        "query_id": [r.query_id for r in flat_req],
+        "sample": [k for row in samples for k in range(len(row))],
+        "response": flat_resp,
+        "reward": [b.reward for b in scored],
+        "expected_revenue": [b.expected_revenue for b in scored],
+        "penalty": [b.penalty for b in scored],
+        "exposed": [list(b.exposed_ids) for b in scored],
+        "reward_kind": kind})
+    _write_parquet(frame, run.epoch_dir(t) / "samples.parquet")
+    return frame
+
+
+def load_sample(run: IrpoRun, t: int) -> pd.DataFrame:
+    return pd.read_parquet(run.epoch_dir(t) / "samples.parquet")
+
+
+def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
+    """Winner / losers per prompt -> a `datasets.Dataset` saved under epoch-t/pairs."""
+    from llmauction_sim.learning.pairs import ResponseGroup, build_preference_pairs, pair_stats
+
+    requests = epoch_requests(run, t)
+    prompts = dict(zip((r.query_id for r in requests), _prompts(requests)))
+    groups = [ResponseGroup(prompts[qid], list(g["response"]), list(g["reward"]), str(qid))
+              for qid, g in samples.groupby("query_id", sort=False)]
+    delta = run.config.irpo.delta_th
+    pairs = build_preference_pairs(groups, delta)
+    final = run.epoch_dir(t) / "pairs"
+    tmp = final.with_name(f".pairs.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pairs.save_to_disk(str(tmp))
+    _replace_dir(tmp, final)
+    _write_json(run.epoch_dir(t) / "pairs.json", pair_stats(groups, delta))
+    return pairs
+
+
+def load_pairs(run: IrpoRun, t: int):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(run.epoch_dir(t) / "pairs"))
+
+
+def dpo_phase(run: IrpoRun, t: int, pairs) -> dict:
+    """One DPO phase from the current policy; the new policy replaces it (wrapped again)."""
+    from llmauction_sim.learning.dpo import run_dpo_phase
+
+    info: dict[str, Any] = {"pairs": len(pairs), "skipped": False, "adapter": None}
+    if len(pairs) == 0:
+        info.update(skipped=True, note="DPO skipped: no preference pairs this epoch; the policy "
+                    "is kept")
+    else:
+        final = run.epoch_dir(t) / "adapter"
+        tmp = final.with_name(f".adapter.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = run_dpo_phase(run.model, run.tokenizer, pairs, run.config.dpo, output_dir=tmp)
+        _replace_dir(tmp, final)
+        run.set_policy(result.model)
+        info.update(adapter=str(final.relative_to(run.out)), metrics=result.metrics)
+    _write_json(run.epoch_dir(t) / "dpo.json", info)
+    return info
+
+
+def restore_policy(run: IrpoRun, upto: int) -> None:
+    """Rebuild the policy from the newest adapter (or full model) saved by epochs 1..upto."""
+    for s in range(upto, 0, -1):
+        info = _read_json(run.out / f"epoch-{s}" / "dpo.json", {})
+        if info.get("adapter"):
+            path = run.out / info["adapter"]
+            if run.config.dpo.lora:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(run.base_model, str(path), is_trainable=True)
+            else:
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(str(path))
+            run.set_policy(model.eval())
+            run.say(f"policy restored from {path}")
+            return
+
+
+def evaluate_phase(run: IrpoRun, t: int, seconds: float) -> dict:
+    """The policy on the test auctions; appends (or replaces) epoch t's row of epochs.parquet.
+    `seconds`: the epoch's time before this phase (its own time is added)."""
+    from llmauction_sim.evaluation import evaluate
+
+    start = time.perf_counter()
+    summary = evaluate(run.config, "pretrained", run.config.irpo.test_queries,
+                       run.epoch_dir(t) / "eval", run.data, ad_lm=run.lm, judge=run.judge,
+                       retriever=run.retriever)
+    folder = run.out / f"epoch-{t}"
+    pctr = _read_json(folder / "pctr.json", {})
+    dpo = _read_json(folder / "dpo.json", {})
+    samples = folder / "samples.parquet"
+    kind = (pd.read_parquet(samples, columns=["reward_kind"])["reward_kind"].iloc[0]
+            if samples.is_file() and len(pd.read_parquet(samples, columns=["reward_kind"]))
+            else None)
+    metrics = dpo.get("metrics", {})
+    notes = [n for n in (pctr.get("note"), dpo.get("note")) if n]
+    row = {"epoch": t, **{k: summary.get(k) for k in ("revenue_per_query", "reward_per_query",
+                                                      "ctr", "format_error_rate")},
+           "pctr_auc": pctr.get("auc"), "dpo_loss": metrics.get("loss"),
+           "dpo_reward_accuracy": metrics.get("rewards/accuracies"),
+           "pairs": dpo.get("pairs", 0 if t else None), "reward_kind": kind,
+           "notes": "; ".join(notes), "seconds": seconds + time.perf_counter() - start}
+    path = run.out / EPOCHS
+    table = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    if len(table):
+        table = table[table["epoch"] != t]
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True).sort_values("epoch")
+    for col in ("revenue_per_query", "reward_per_query", "ctr", "format_error_rate", "pctr_auc",
+                "dpo_loss", "dpo_reward_accuracy", "seconds"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
+    table["pairs"] = pd.to_numeric(table["pairs"], errors="coerce").astype("Int64")
+    _write_parquet(table.reset_index(drop=True), path)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup and the loop
+
+
+def _train_auctions(config: RunConfig, data: Path, retriever, catalog) -> list:
+    from llmauction_sim.data import load_dataset
+    from llmauction_sim.domain.users import profiles_from_frame
+    from llmauction_sim.mechanisms import AuctionRequest
+
+    profiles, queries = load_dataset(data)
+    train = queries[queries["split"] == "train"]
+    if train.empty:
+        raise ValueError(f"{data} has no training queries; build more profiles")
+    pick = np.random.default_rng([config.seed, _PICK])
+    n = min(config.irpo.train_queries, len(train))
+    train = train.iloc[np.sort(pick.choice(len(train), size=n, replace=False))]
+    by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
+    users = [by_user[u] for u in train["user_id"]]
+    texts = list(train["query"])
+    return [AuctionRequest(qid, user, text, tuple(cands), {ad.id: 0.0 for ad in cands})
+            for qid, user, text, cands in zip(train["query_id"], users, texts,
+                                              retriever.retrieve(users, texts))]
+
+
+def _ensure_data(config: RunConfig, out: Path, data) -> Path:
+    """`data` when given, else a build in OUT/data big enough for the train and test queries."""
+    from llmauction_sim.data import build_dataset
+
+    if data is not None:
+        return Path(data)
+    folder = out / "data"
+    if not (folder / "queries.parquet").is_file():
+        frac = config.data.test_fraction
+        per = config.data.queries_per_profile
+        need = max(config.irpo.test_queries / max(frac, 1e-9),
+                   config.irpo.train_queries / max(1 - frac, 1e-9))
+        profiles = min(config.data.profiles, max(2, math.ceil(need / per) + 1))
+        build_dataset(config.with_overrides([f"data.profiles={profiles}"]), folder,
+                      progress=False)
+    return folder
+
+
+def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) -> IrpoRun:
+    from llmauction_sim.clicks.base import make_judge
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+    from llmauction_sim.lm.hf import TransformersLM, load_language_model
+
+    unknown = set(resources) - {"model", "tokenizer", "ad_lm", "judge", "retriever", "catalog",
+                                "pctr_encoder", "make_lm"}
+    if unknown:
+        raise TypeError(f"run_irpo got unknown resources {sorted(unknown)}")
+    catalog = resources.get("catalog") or load_catalog(config.data.catalog)
+    retriever = resources.get("retriever") or CandidateRetriever(
+        catalog, load_encoder(config.retrieval.encoder), config.retrieval.num_candidates,
+        config.retrieval.profile_weight)
+    judge = resources.get("judge") or make_judge(config.clicks.judge, config,
+                                                 encoder=retriever.encoder, catalog=catalog)
+    model, tokenizer = resources.get("model"), resources.get("tokenizer")
+    if model is None:
+        ad_lm = resources.get("ad_lm") or load_language_model(config.ad_llm, seed=config.seed)
+        model, tokenizer = ad_lm.model, ad_lm.tokenizer
+
+    def default_lm(m, tok):
+        return TransformersLM(m, tok, name=config.ad_llm.name,
+                              max_batch_size=config.ad_llm.max_batch_size, seed=config.seed)
+
+    make_lm = resources.get("make_lm") or default_lm
+    data_dir = _ensure_data(config, out, data)
+    run = IrpoRun(config, out, data_dir, _train_auctions(config, data_dir, retriever, catalog),
+                  catalog, retriever, judge, tokenizer, model, make_lm(model, tokenizer),
+                  make_lm, resources.get("pctr_encoder"), base_model=model, progress=progress)
+    return run
+
+
+def _position(state: dict | None) -> tuple[int, int]:
+    """(epoch, phase index) of the last completed phase; (-1, -1) when none."""
+    if not state:
+        return (-1, -1)
+    return (int(state["epoch"]), PHASES.index(state["phase"]))
+
+
+def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
+             progress: bool = True, data: str | os.PathLike | None = None,
+             **resources) -> pd.DataFrame:
+    """Run `config.irpo.epochs` IRPO epochs into `out`; return the epochs table (epoch 0 = the
+    starting policy). `resume=True` continues after the last completed phase in OUT/state.json.
+
+    Resources (all optional): ``model`` and ``tokenizer`` (the HF policy; default: loaded from
+    ``config.ad_llm``), ``ad_lm`` (a `TransformersLM` whose model and tokenizer are used),
+    ``judge`` (click judge), ``retriever``, ``catalog``, ``pctr_encoder`` (encoder of the pCTR
+    model), ``make_lm(model, tokenizer)`` (wraps the policy for generation; default
+    `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
+    """
+    out = Path(out)
+    state_path = out / STATE
+    state = _read_json(state_path) if resume else None
+    if not resume and state_path.exists():
+        raise FileExistsError(f"{out} already holds an IRPO run ({STATE}); pass resume=True to "
+                              "continue it or choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config.to_dict())
+    run = _setup(config, out, progress, data, resources)
+    done = _position(state)
+    seconds: dict[str, float] = dict((state or {}).get("seconds", {}))
+    if done >= (1, 0):
+        last_dpo = done[0] if done[1] >= PHASES.index("dpo") else done[0] - 1
+        restore_policy(run, last_dpo)
+
+    def finish(t: int, phase: str, elapsed: float) -> None:
+        seconds[str(t)] = seconds.get(str(t), 0.0) + elapsed
+        _write_json(state_path, {"epoch": t, "phase": phase, "seconds": seconds})
+
+    if done < (0, PHASES.index("evaluate")):
+        start = time.perf_counter()
+        run.say("epoch 0: evaluating the starting policy")
+        evaluate_phase(run, 0, 0.0)
+        finish(0, "evaluate", time.perf_counter() - start)
+    for t in range(1, config.irpo.epochs + 1):
+        values: dict[str, Any] = {}
+        for i, phase in enumerate(PHASES):
+            if (t, i) <= done:
+                if phase == "collect":
+                    continue  # read again by the pCTR phase when it needs it
+                if phase == "pctr" and not (t, PHASES.index("sample")) <= done:
+                    values["pctr"] = load_pctr(run, t)
+                elif phase == "sample" and not (t, PHASES.index("pairs")) <= done:
+                    values["sample"] = load_sample(run, t)
+                elif phase == "pairs" and not (t, PHASES.index("dpo")) <= done:
+                    values["pairs"] = load_pairs(run, t)
+                continue
+            run.say(f"epoch {t}: {phase}")
+            start = time.perf_counter()
+            if phase == "collect":
+                collect_phase(run, t)
+            elif phase == "pctr":
+                values["pctr"] = pctr_phase(run, t)
+            elif phase == "sample":
+                values["sample"] = sample_phase(run, t, values["pctr"])
+            elif phase == "pairs":
+                values["pairs"] = pairs_phase(run, t, values["sample"])
+            elif phase == "dpo":
+                dpo_phase(run, t, values["pairs"])
+            else:
+                evaluate_phase(run, t, seconds.get(str(t), 0.0))
+            finish(t, phase, time.perf_counter() - start)
+    return pd.read_parquet(out / EPOCHS)

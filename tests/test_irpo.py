@@ -1,0 +1,216 @@
+"""The IRPO loop end to end on a tiny random llama: artefacts, and resume after an interrupted phase."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import llmauction_sim.learning.irpo as irpo
+from llmauction_sim.clicks.base import ClickDecision
+from llmauction_sim.config import RunConfig
+from llmauction_sim.data import build_dataset
+from llmauction_sim.domain.mentions import render_mention
+from llmauction_sim.lm import registry
+from llmauction_sim.lm.hf import TransformersLM
+from llmauction_sim.lm.registry import resolve_model
+
+
+class KeywordEncoder:
+    """A fast stand-in sentence encoder for the pCTR model (a fixed vector per text)."""
+
+    name = "irpo-test-encoder"
+    dim = 8
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+            out[i] = np.random.default_rng(seed).normal(0, 1, self.dim)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+class ScriptedJudge:
+    """Clicks the first exposed ad of a response with probability one half."""
+
+    name = "scripted"
+
+    def judge(self, requests, rng):
+        out = []
+        for r in requests:
+            ids = [ad.id for ad in r.exposed]
+            clicked = tuple(ids[:1]) if ids and rng.random() < 0.5 else ()
+            out.append(ClickDecision(clicked, {i: 0.5 for i in ids}))
+        return out
+
+
+class MentioningLM(TransformersLM):
+    """The tiny policy's samples, with a valid mention of the first candidate appended to every
+    other one (a random model writes none), so clicks, rewards and pairs exist."""
+
+    def generate(self, prompts, params):
+        result = super().generate(prompts, params)
+        for prompt, row in zip(prompts, result):
+            line = next(x for x in prompt[-1]["content"].splitlines()
+                        if x.startswith("Candidate ads: "))
+            ad = json.loads(line[len("Candidate ads: "):])[0]
+            for k in range(0, len(row), 2):
+                row[k] = dataclasses.replace(
+                    row[k], text=f"{row[k].text} {render_mention(ad['title'], ad['id'])}")
+        return result
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
+
+
+def tiny_llama(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).to(torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("irpo-data")
+    build_dataset(RunConfig().with_overrides(["data.profiles=6", "data.query_writer=template"]),
+                  folder, progress=False)
+    return folder
+
+
+CONFIG = RunConfig().with_overrides([
+    "irpo.epochs=1", "irpo.samples_per_query=4", "irpo.candidates_per_prompt=4",
+    "irpo.train_queries=4", "irpo.test_queries=2", "ad_sampling.max_new_tokens=8",
+    "pctr.epochs=2", "dpo.max_steps=2", "dpo.batch_size=2", "dpo.learning_rate=1e-3",
+    "dpo.max_length=512"])
+
+
+def resources(tokenizer):
+    return {"model": tiny_llama(tokenizer), "tokenizer": tokenizer, "judge": ScriptedJudge(),
+            "pctr_encoder": KeywordEncoder(),
+            "make_lm": lambda m, tok: MentioningLM(m, tok, name="tiny", seed=0)}
+
+
+def test_one_epoch_writes_every_artifact(tmp_path, data, tokenizer) -> None:
+    table = irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **resources(tokenizer))
+    assert list(table["epoch"]) == [0, 1]
+    for col in ("revenue_per_query", "reward_per_query", "ctr", "format_error_rate", "pctr_auc",
+                "dpo_loss", "dpo_reward_accuracy", "pairs", "seconds"):
+        assert col in table.columns
+    epoch = tmp_path / "epoch-1"
+    log = pd.read_parquet(epoch / "clicks.parquet")
+    assert {"user_id", "ad_id", "query", "response", "clicked", "bid"} <= set(log.columns)
+    assert 0 < log["clicked"].sum() < len(log)
+    pctr = json.loads((epoch / "pctr.json").read_text())
+    assert (epoch / "pctr" / "pctr_model.pt").is_file() or pctr["skipped"]
+    samples = pd.read_parquet(epoch / "samples.parquet")
+    assert len(samples) == 4 * 4
+    assert (epoch / "pairs" / "dataset_info.json").is_file()
+    dpo = json.loads((epoch / "dpo.json").read_text())
+    assert dpo["pairs"] > 0 and (epoch / "adapter" / "adapter_config.json").is_file()
+    row = table.set_index("epoch").loc[1]
+    assert row["pairs"] == dpo["pairs"] and np.isfinite(row["dpo_loss"])
+    assert (tmp_path / "epoch-0" / "eval" / "summary.json").is_file()
+    assert (epoch / "eval" / "summary.json").is_file()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["phase"]) == (1, "evaluate")
+    with pytest.raises(FileExistsError):
+        irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **resources(tokenizer))
+
+
+def test_resume_after_interrupted_phase(tmp_path, data, tokenizer, monkeypatch) -> None:
+    real_sample = irpo.sample_phase
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(irpo, "sample_phase", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **resources(tokenizer))
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["phase"]) == (1, "pctr")
+    log_before = (tmp_path / "epoch-1" / "clicks.parquet").stat().st_mtime_ns
+
+    monkeypatch.setattr(irpo, "sample_phase", real_sample)
+    for done in ("collect_phase", "pctr_phase"):
+        monkeypatch.setattr(irpo, done, broken)
+    real_eval, evaluated = irpo.evaluate_phase, []
+
+    def counting_eval(run, t, seconds):
+        evaluated.append(t)
+        return real_eval(run, t, seconds)
+
+    monkeypatch.setattr(irpo, "evaluate_phase", counting_eval)
+    table = irpo.run_irpo(CONFIG, tmp_path, data=data, resume=True, progress=False,
+                          **resources(tokenizer))
+    assert evaluated == [1]  # epoch 0's evaluation was not redone
+    assert list(table["epoch"]) == [0, 1]
+    assert (tmp_path / "epoch-1" / "clicks.parquet").stat().st_mtime_ns == log_before
+    assert (tmp_path / "epoch-1" / "adapter" / "adapter_config.json").is_file()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["phase"]) == (1, "evaluate")
+
+
+def test_resume_after_dpo_restores_the_trained_policy(tmp_path, data, tokenizer,
+                                                      monkeypatch) -> None:
+    real_eval = irpo.evaluate_phase
+
+    def eval_once(run, t, seconds):
+        if t == 1:
+            raise RuntimeError("interrupted")
+        return real_eval(run, t, seconds)
+
+    monkeypatch.setattr(irpo, "evaluate_phase", eval_once)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **resources(tokenizer))
+    assert json.loads((tmp_path / "state.json").read_text())["phase"] == "dpo"
+
+    policies = []
+
+    def check_policy(run, t, seconds):
+        policies.append(run.model)
+        return real_eval(run, t, seconds)
+
+    monkeypatch.setattr(irpo, "evaluate_phase", check_policy)
+    for name in ("collect_phase", "pctr_phase", "sample_phase", "pairs_phase", "dpo_phase"):
+        monkeypatch.setattr(irpo, name, lambda *a, **k: pytest.fail("recomputed a done phase"))
+    table = irpo.run_irpo(CONFIG, tmp_path, data=data, resume=True, progress=False,
+                          **resources(tokenizer))
+    from peft import PeftModel
+
+    assert len(policies) == 1 and isinstance(policies[0], PeftModel)
+    assert list(table["epoch"]) == [0, 1]
+    assert table.set_index("epoch").loc[1, "pairs"] > 0
+
+
+class NeverClicks:
+    name = "never"
+
+    def judge(self, requests, rng):
+        return [ClickDecision((), {ad.id: 0.0 for ad in r.exposed}) for r in requests]
+
+
+def test_no_clicks_skips_pctr_and_no_pairs_skips_dpo(tmp_path, data, tokenizer) -> None:
+    res = {**resources(tokenizer), "judge": NeverClicks()}
+    table = irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **res)
+    pctr = json.loads((tmp_path / "epoch-1" / "pctr.json").read_text())
+    assert pctr["skipped"] and "no clicks" in pctr["note"]
+    samples = pd.read_parquet(tmp_path / "epoch-1" / "samples.parquet")
+    assert set(samples["reward_kind"]) == {"oracle"}
+    # Without clicks every answer's reward is minus its format penalty (5 per ad): no gap > 10.
+    dpo = json.loads((tmp_path / "epoch-1" / "dpo.json").read_text())
+    assert dpo["skipped"] and not (tmp_path / "epoch-1" / "adapter").exists()
+    row = table.set_index("epoch").loc[1]
+    assert "oracle" in row["notes"] and "DPO skipped" in row["notes"]
+    assert row["pairs"] == 0 and row["seconds"] > 0
