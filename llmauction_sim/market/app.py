@@ -191,8 +191,10 @@ def model_params(base: RunConfig) -> dict:
                       "values": list(mechanism_names())},
         "judge": {"type": "Select", "label": "Click judge", "value": base.clicks.judge,
                   "values": list(judge_names())},
-        "bidding": {"type": "Select", "label": "Bid policy", "value": base.market.bidding,
-                    "values": list(bid_policy_names())},
+        # A policy for every advertiser or a population with parameters (VM/UM counts, tau).
+        "bidding": {"type": "InputText", "value": base.market.bidding,
+                    "label": "Advertisers: " + ", ".join(bid_policy_names())
+                    + " or a population, e.g. vm:50:tau=1.5,um:50"},
         "candidates": {"type": "InputText", "label": "Candidates K (number or 'all')",
                        "value": str(base.retrieval.num_candidates)},
         "queries_per_step": {"type": "InputText", "label": "Queries per step",
