@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_models import embedded_tokenizer, tiny_llama
 
 from llmauction_sim.clicks import (
     ClickDecision,
@@ -30,11 +29,9 @@ from llmauction_sim.config import RunConfig
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.mentions import parse_mentions, render_mention
 from llmauction_sim.domain.users import UserProfile
-from llmauction_sim.lm import registry
 from llmauction_sim.lm.base import Completion, SamplingParams
 from llmauction_sim.lm.hf import TransformersLM
 from llmauction_sim.lm.prompts import click_judge_messages, click_question_messages
-from llmauction_sim.lm.registry import resolve_model
 
 
 def make_profile(*interests: str) -> UserProfile:
@@ -320,14 +317,8 @@ def test_default_judge_separates_the_labelled_set(embedding_judge, packaged_cata
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> TransformersLM:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    tokenizer = embedded_tokenizer()
+    model = tiny_llama(tokenizer, hidden=32, intermediate=64)
     return TransformersLM(model, tokenizer, name="tiny", max_batch_size=64)
 
 

@@ -9,17 +9,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_models import embedded_tokenizer, tiny_llama
 
 import llmauction_sim.learning.irpo as irpo
 from llmauction_sim.clicks.base import ClickDecision
 from llmauction_sim.config import RunConfig
 from llmauction_sim.data import build_dataset
 from llmauction_sim.domain.mentions import render_mention
-from llmauction_sim.lm import registry
 from llmauction_sim.lm.hf import TransformersLM
-from llmauction_sim.lm.registry import resolve_model
 
 
 class KeywordEncoder:
@@ -68,17 +65,7 @@ class MentioningLM(TransformersLM):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
-
-
-def tiny_llama(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).to(torch.float32).eval()
+    return embedded_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +84,8 @@ CONFIG = RunConfig().with_overrides([
 
 
 def resources(tokenizer):
-    return {"model": tiny_llama(tokenizer), "tokenizer": tokenizer, "judge": ScriptedJudge(),
+    return {"model": tiny_llama(tokenizer, hidden=32, intermediate=64, layers=1, heads=2,
+                                kv_heads=1), "tokenizer": tokenizer, "judge": ScriptedJudge(),
             "pctr_encoder": KeywordEncoder(),
             "make_lm": lambda m, tok: MentioningLM(m, tok, name="tiny", seed=0)}
 

@@ -7,7 +7,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+import tiny_models
+from tiny_models import embedded_tokenizer
 
 from llmauction_sim.config import PenaltyConfig
 from llmauction_sim.domain.catalog import Ad
@@ -247,24 +248,11 @@ def test_build_preference_pairs_format():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformers import AutoTokenizer
-
-    from llmauction_sim.lm import registry
-    from llmauction_sim.lm.registry import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
+    return embedded_tokenizer()
 
 
 def tiny_llama(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).to(torch.float32)
+    return tiny_models.tiny_llama(tokenizer, max_positions=512).train()
 
 
 def dpo_pairs():

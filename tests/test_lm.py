@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_models import embedded_tokenizer, tiny_llama
 
 import llmauction_sim.lm.hf as hf
 from llmauction_sim.config import ModelConfig, SamplingConfig
@@ -48,20 +48,12 @@ PROMPTS = [chat(q) for q in QUESTIONS]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model(registry.EMBEDDED_MODEL))
+    return embedded_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        # Untied on purpose: with tied embeddings a random model's greedy choice is the last input
-        # token ("\n" after the chat template's assistant header), so every text would be empty.
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).to(torch.float32).eval()
+    return tiny_llama(tokenizer)
 
 
 @pytest.fixture(scope="module")

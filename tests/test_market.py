@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_models import embedded_tokenizer, tiny_llama
 
 from llmauction_sim.clicks.base import ClickDecision
 from llmauction_sim.config import RunConfig
@@ -230,20 +231,9 @@ def test_market_config_errors():
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer random llama with the embedded model's tokenizer, saved as a local checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llmauction_sim.lm import registry
-
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(registry.resolve_model(registry.EMBEDDED_MODEL))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id))
-    model.save_pretrained(folder)
+    tokenizer = embedded_tokenizer()
+    tiny_llama(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

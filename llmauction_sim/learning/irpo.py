@@ -276,7 +276,16 @@ def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
     final = run.epoch_dir(t) / "pairs"
     tmp = final.with_name(f".pairs.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pairs.save_to_disk(str(tmp))
+    if run.progress:
+        pairs.save_to_disk(str(tmp))
+    else:
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+        disable_progress_bar()  # `save_to_disk` draws a bar of its own
+        try:
+            pairs.save_to_disk(str(tmp))
+        finally:
+            enable_progress_bar()
     _replace_dir(tmp, final)
     _write_json(run.epoch_dir(t) / "pairs.json", pair_stats(groups, delta))
     return pairs
