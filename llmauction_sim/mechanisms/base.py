@@ -66,6 +66,16 @@ class FirstPricePerClick:
         return first_price_per_click(request.bids, [c for c in clicked if c in exposed])
 
 
+def ad_llm_and_catalog(config, ad_lm=None, catalog=None, model_config=None):
+    """The resources every mechanism factory needs, loaded from `config` where not given."""
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.lm.hf import load_language_model
+
+    if ad_lm is None:
+        ad_lm = load_language_model(model_config or config.ad_llm, seed=config.seed)
+    return ad_lm, catalog if catalog is not None else load_catalog(config.data.catalog)
+
+
 MECHANISMS: Registry[Callable[..., Mechanism]] = Registry(
     "mechanism", "config: market.mechanism, CLI: --mechanism")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmauction_sim.mechanisms.base import register_mechanism
+from llmauction_sim.mechanisms.base import ad_llm_and_catalog, register_mechanism
 from llmauction_sim.mechanisms.pretrained import SinglePassMechanism
 
 
@@ -26,13 +26,10 @@ def policy_model_config(config):
 
 
 def _llm_auction(config, *, ad_lm=None, catalog=None, **_):
-    from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.lm.hf import load_language_model
-
     model_config, trained = policy_model_config(config)
-    if trained or ad_lm is None:  # a given ad_lm is the untrained Ad-LLM: never reuse it then
-        ad_lm = load_language_model(model_config, seed=config.seed)
-    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    # A given ad_lm is the untrained Ad-LLM: a trained policy never reuses it.
+    ad_lm, catalog = ad_llm_and_catalog(config, None if trained else ad_lm, catalog,
+                                        model_config)
     return SinglePassMechanism("llm_auction", ad_lm, config.ad_sampling, config.penalty,
                                catalog.ids)
 

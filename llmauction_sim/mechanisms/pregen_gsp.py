@@ -27,7 +27,12 @@ from llmauction_sim.domain.payments import (
 )
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
 from llmauction_sim.lm.prompts import ad_llm_slot_messages
-from llmauction_sim.mechanisms.base import Allocation, AuctionRequest, register_mechanism
+from llmauction_sim.mechanisms.base import (
+    Allocation,
+    AuctionRequest,
+    ad_llm_and_catalog,
+    register_mechanism,
+)
 from llmauction_sim.mechanisms.pctr import load_click_model, template_pctr
 
 
@@ -116,11 +121,7 @@ class PregenGSPMechanism:
 
 
 def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
-    from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.lm.hf import load_language_model
-
-    ad_lm = ad_lm if ad_lm is not None else load_language_model(config.ad_llm, seed=config.seed)
-    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    ad_lm, catalog = ad_llm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog)
     m = config.mechanisms

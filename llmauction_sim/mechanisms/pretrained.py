@@ -13,6 +13,7 @@ from llmauction_sim.mechanisms.base import (
     Allocation,
     AuctionRequest,
     FirstPricePerClick,
+    ad_llm_and_catalog,
     register_mechanism,
 )
 
@@ -44,11 +45,7 @@ class SinglePassMechanism(FirstPricePerClick):
 
 
 def _pretrained(config, *, ad_lm=None, catalog=None, **_):
-    from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.lm.hf import load_language_model
-
-    ad_lm = ad_lm if ad_lm is not None else load_language_model(config.ad_llm, seed=config.seed)
-    catalog = catalog if catalog is not None else load_catalog(config.data.catalog)
+    ad_lm, catalog = ad_llm_and_catalog(config, ad_lm, catalog)
     return SinglePassMechanism("pretrained", ad_lm, config.ad_sampling, config.penalty,
                                catalog.ids)
 
