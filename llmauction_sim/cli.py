@@ -19,8 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration")
-    group.add_argument("--config", type=Path, help="TOML file with config sections "
-                       "(see `llmauction config show`)")
+    group.add_argument("--config", type=Path, help="TOML file with config sections (see "
+                       "`llmauction config show`), or a shipped one by name: paper_gpu")
     group.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.FIELD=VALUE",
                        help="override one config field; repeatable, e.g. --set ad_sampling.top_k=50")
@@ -33,12 +33,36 @@ def _resolve_config(args: argparse.Namespace, extra: list[str] = ()) -> RunConfi
         overrides.append(f"seed={args.seed}")
     overrides += list(extra)
     if args.config:
-        return RunConfig.load(args.config, overrides)
+        from llmauction_sim.paths import shipped_config
+
+        path = args.config
+        if not Path(path).is_file() and shipped_config(str(path)):
+            path = shipped_config(str(path))  # a config shipped with the package, by name
+        return RunConfig.load(path, overrides)
     return RunConfig().with_overrides(overrides)
 
 
 def _opt(name: str, value) -> list[str]:
     return [] if value is None else [f"{name}={value}"]
+
+
+def _checkpoint_opts(args: argparse.Namespace) -> list[str]:
+    """--checkpoint PATH (an IRPO run, an adapter or a model folder) as llm_auction settings."""
+    if getattr(args, "checkpoint", None) is None:
+        return []
+    from llmauction_sim.learning.irpo import resolve_policy
+
+    try:
+        policy = resolve_policy(args.checkpoint)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    return [f"mechanisms.llm_auction_{key}={value}" for key, value in policy.items() if value]
+
+
+def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="trained policy for --mechanism "
+                        "llm_auction: an IRPO run folder (its newest policy), an adapter folder "
+                        "or a model folder")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,7 +135,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
 def _simulate_config(args: argparse.Namespace) -> RunConfig:
     extra = (_opt("market.steps", args.steps) + _opt("market.queries_per_step", args.queries_per_step)
              + _opt("market.mechanism", args.mechanism) + _opt("clicks.judge", args.judge)
-             + _opt("market.data", args.data))
+             + _opt("market.data", args.data) + _checkpoint_opts(args))
     stored = Path(args.out) / "config.json"
     if getattr(args, "resume", False) and stored.is_file() and not args.config:
         # Resume from the run's own config; flags may only extend the number of rounds.
@@ -189,7 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from llmauction_sim.mechanisms import check_mechanism
 
     check_mechanism(args.mechanism)
-    config = _resolve_config(args, [f"market.mechanism={args.mechanism}"])
+    config = _resolve_config(args, [f"market.mechanism={args.mechanism}",
+                                    *_checkpoint_opts(args)])
     summary = evaluate(config, args.mechanism, args.test_queries, args.out, args.data)
     print(json.dumps(summary, indent=2))
     return 0
@@ -202,7 +227,8 @@ def cmd_bid_sweep(args: argparse.Namespace) -> int:
     from llmauction_sim.mechanisms import check_mechanism
 
     check_mechanism(args.mechanism)
-    config = _resolve_config(args, [f"market.mechanism={args.mechanism}"])
+    config = _resolve_config(args, [f"market.mechanism={args.mechanism}",
+                                    *_checkpoint_opts(args)])
     bids = [float(b) for b in args.bids.split(",")] if args.bids else None
     summary = bid_sweep(config, args.mechanism, args.mode, args.out,
                         test_queries=args.test_queries, repeats=args.repeats, bids=bids,
@@ -226,7 +252,9 @@ def cmd_irpo(args: argparse.Namespace) -> int:
     columns = [c for c in ("epoch", "revenue_per_query", "reward_per_query", "ctr",
                            "format_error_rate", "pctr_auc", "dpo_loss", "pairs") if c in epochs]
     print(epochs[columns].to_string(index=False))
-    print(f"\nrun folder: {args.out} (epochs.parquet, epoch-*/adapter)")
+    print(f"\nrun folder: {args.out} (epochs.parquet, summary.json, epoch-*/)\n"
+          f"evaluate the trained policy: llmauction evaluate --mechanism llm_auction "
+          f"--checkpoint {args.out} --out EVAL_DIR")
     return 0
 
 
@@ -240,9 +268,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_equilibrium(args: argparse.Namespace) -> int:
-    from llmauction_sim.equilibrium import cli_main
+    from llmauction_sim.equilibrium import CLASSIC, cli_main
 
-    return cli_main(args)
+    if (args.mechanism or "first_price") in CLASSIC:
+        if args.checkpoint is not None:
+            raise ConfigError("--checkpoint applies to LLM-market mechanisms (llm_auction), not "
+                              f"to the classic {args.mechanism}")
+        return cli_main(args)
+    from llmauction_sim.market.equilibrium import (
+        format_summary,
+        market_config,
+        run_market_equilibrium,
+    )
+    from llmauction_sim.mechanisms import mechanism_names
+
+    if args.mechanism not in mechanism_names():
+        raise ConfigError(f"--mechanism {args.mechanism!r} is neither a classic mechanism "
+                          f"({', '.join(CLASSIC)}) nor a market mechanism "
+                          f"({', '.join(mechanism_names())})")
+    if args.auctions_per_round is not None:
+        raise ConfigError("--auctions-per-round is for classic mechanisms; in the LLM market use "
+                          "--set market.queries_per_step=N (and market.surrogate_rounds=K)")
+    config = market_config(_resolve_config(args, _checkpoint_opts(args)), args.mechanism,
+                           args.advertisers or "vm:4,um:4", args.rounds or 20)
+    summary = run_market_equilibrium(config, args.out, resume=args.resume,
+                                     progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"wrote {args.out}/rounds.parquet, summary.json and the market run in "
+          f"{args.out}/market")
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -354,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the User-LLM clicks, clicked ads pay) and write OUT/config.json, manifest.json, "
         "queries.parquet, metrics.parquet, advertisers.parquet, summary.json and metrics.png.")
     _market_args(simulate, default_out=None)
+    _checkpoint_arg(simulate)
     simulate.add_argument("--resume", action="store_true",
                           help="continue the interrupted run in --out (same settings)")
     simulate.add_argument("--show-answers", type=int, default=0, metavar="N",
@@ -385,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, help="folder of `data build` (default: a "
                           "template-written build inside --out)")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    _checkpoint_arg(evaluate)
     _config_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -418,22 +474,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--bids", help="comma-separated bids (default: by mode)")
     sweep.add_argument("--data", type=Path, help="folder of `data build`")
     sweep.add_argument("--out", type=Path, required=True, help="output folder")
+    _checkpoint_arg(sweep)
     _config_args(sweep)
     sweep.set_defaults(func=cmd_bid_sweep)
 
     equilibrium = sub.add_parser(
-        "equilibrium", help="learning bidders on a classic auction (first/second price, GSP)",
-        description="Run value- and utility-maximizing bidders' learning dynamics on a classic "
-        "mechanism and write OUT/rounds.parquet, OUT/market.parquet, OUT/summary.json and "
-        "OUT/config.json; --set takes equilibrium fields, e.g. --set values.high=2.")
-    equilibrium.add_argument("--mechanism", help="first_price, second_price or gsp "
-                             "(default first_price)")
+        "equilibrium", help="learning bidders on a classic auction or in the LLM market",
+        description="Run value- and utility-maximizing bidders' learning dynamics and write "
+        "OUT/rounds.parquet and OUT/summary.json. Classic mechanisms (first_price, second_price, "
+        "gsp) also write OUT/market.parquet and OUT/config.json, and --set takes equilibrium "
+        "fields (e.g. --set values.high=2). A market mechanism (pretrained, llm_auction, ...) "
+        "runs the LLM market with the population as its advertisers (the catalog cut to their "
+        "number) into OUT/market; --set then takes run-config fields (e.g. --set "
+        "market.surrogate_rounds=50).")
+    equilibrium.add_argument("--mechanism", help="first_price, second_price, gsp, or a market "
+                             "mechanism such as llm_auction (default first_price)")
     equilibrium.add_argument("--advertisers", help="population, e.g. 'vm:4,um:4' or "
                              "'vm:2:tau=1.5,um:2:learner=best_response' (default vm:4,um:4)")
-    equilibrium.add_argument("--rounds", type=int, help="learning rounds (default 300)")
+    equilibrium.add_argument("--rounds", type=int, help="learning rounds (default 300; LLM "
+                             "rounds for market mechanisms, default 20)")
     equilibrium.add_argument("--auctions-per-round", type=int,
                              help="auctions per round (default 1000)")
     equilibrium.add_argument("--out", type=Path, required=True, help="output folder")
+    equilibrium.add_argument("--resume", action="store_true",
+                             help="market mechanisms: continue the interrupted run in --out")
+    equilibrium.add_argument("--quiet", action="store_true", help="no progress bar")
+    _checkpoint_arg(equilibrium)
     _config_args(equilibrium)
     equilibrium.set_defaults(func=cmd_equilibrium)
 

@@ -375,6 +375,10 @@ class MarketConfig(ConfigBase):
     value_high: float = option(100.0, "Highest private value per click.", min=0)
     data: str | None = option(None, "Folder of a `llmauction data build`; default: build a small "
                               "one (data.* settings) inside the run folder.")
+    surrogate_rounds: int = option(0, "Bidding rounds on the allocation surrogate (fitted to the "
+                                   "LLM rounds so far) after each LLM round; 0 = LLM only.", min=0)
+    surrogate_auctions: int = option(0, "Auctions per surrogate round, replayed from logged "
+                                     "contexts; 0 = queries_per_step.", min=0)
     split: str = option("train", "Which users ask: the train or the test split of the data.",
                         choices=["train", "test", "all"])
 
@@ -463,17 +467,49 @@ class DpoConfig(ConfigBase):
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run `epochs`).")
     batch_size: int = option(4, "Pairs per device batch.", min=1)
     gradient_accumulation_steps: int = option(1, "Batches per optimizer step.", min=1)
-    max_length: int = option(512, "Longest prompt+response in tokens (longer ones are cut at "
+    max_length: int = option(640, "Longest prompt+response in tokens (longer ones are cut at "
                              "the end).", min=8)
     precompute_ref_log_probs: bool = option(True, "Compute the reference log-probs once before "
                                             "training (no second model held in memory).")
     bf16: bool = option(False, "bfloat16 autocast (off: fp32, exact on CPU).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass "
+                                          "(saves memory for large models; slower on CPU).")
     logging_steps: int = option(1, "Log the trainer's metrics every this many steps.", min=1)
     seed: int = option(0, "Seed of data order and adapter initialisation.")
+    launcher: str = option("", "Run the phase under `accelerate launch` with this config: a "
+                           "shipped one (ddp, zero2, zero3) or a YAML path; empty = in process.")
+    num_processes: int = option(0, "Processes (GPUs) for the launcher; 0 = the config's own.",
+                                min=0)
 
     def validate(self) -> None:
+        if self.launcher:
+            from llmauction_sim.paths import accelerate_config
+
+            try:
+                accelerate_config(self.launcher)
+            except FileNotFoundError as exc:
+                raise ConfigError(str(exc)) from None
         if self.lora and not self.lora_target_modules:
             raise ConfigError("lora_target_modules: LoRA needs at least one target module")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig(ConfigBase):
+    """Format warm start before IRPO (docs/irpo.md): SFT on the policy's own answers with mentions
+    of randomly chosen candidates inserted, so a small model can write the markup at all."""
+    queries: int = option(96, "Training auctions whose own answers (with mentions inserted) are "
+                          "the SFT set; 0 = no warm start (the paper's setting).", min=0)
+    ads_per_answer: int = option(1, "Candidates, drawn uniformly regardless of bids, inserted "
+                                 "per answer.", min=1)
+    learning_rate: float = option(1e-3, "SFT learning rate of the LoRA adapter (merged after).",
+                                  min=0, exclusive_min=True)
+    lora_r: int = option(16, "LoRA rank of the warm-start adapter.", min=1)
+    lora_target_modules: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Modules that get the warm-start adapter (merged into the weights afterwards).")
+    epochs: float = option(2.0, "Passes over the SFT set.", min=0, exclusive_min=True)
+    batch_size: int = option(4, "Examples per batch.", min=1)
+    seed: int = option(0, "Seed of data order and adapter initialisation.")
 
 
 @dataclass(frozen=True)
@@ -489,6 +525,8 @@ class IrpoConfig(ConfigBase):
                              min=0)
     reward: str = option("pctr", "Reward R: 'pctr' (learned pCTR model) or 'oracle' (the judge's "
                          "realised clicks).", choices=["pctr", "oracle"])
+    max_pairs: int = option(0, "Keep at most this many preference pairs per epoch (a seeded "
+                            "random subset; bounds the DPO phase's cost); 0 = all.", min=0)
     train_queries: int = option(64, "Training queries (train split) used per epoch.", min=1)
     test_queries: int = option(32, "Test queries of the per-epoch evaluation.", min=1)
 
@@ -512,6 +550,7 @@ class RunConfig(ConfigBase):
     pctr: PctrConfig = section(PctrConfig, "The pCTR reward model of IRPO.")
     dpo: DpoConfig = section(DpoConfig, "One DPO phase of IRPO.")
     irpo: IrpoConfig = section(IrpoConfig, "The IRPO training loop.")
+    warmstart: WarmStartConfig = section(WarmStartConfig, "Format warm start before IRPO.")
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates

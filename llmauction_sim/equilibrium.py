@@ -73,8 +73,9 @@ CLASSIC = ("first_price", "second_price", "gsp")
 def check_classic_mechanism(name: str) -> None:
     if name not in mechanism_names():
         raise ConfigError(f"mechanism {name!r} is not a classic mechanism; `llmauction "
-                          f"equilibrium` runs {', '.join(mechanism_names())} only (LLM-market "
-                          "mechanisms are not supported by this command yet)")
+                          f"equilibrium` runs {', '.join(mechanism_names())} here; market "
+                          "mechanisms (pretrained, llm_auction, ...) run in the LLM market "
+                          "(llmauction_sim.market.equilibrium)")
 
 
 @dataclass

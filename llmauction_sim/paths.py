@@ -12,3 +12,26 @@ def cache_dir() -> Path:
     path = Path(root).expanduser() if root else Path.home() / ".cache" / "llmauction_sim"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+RESOURCES = Path(__file__).parent / "resources"
+
+
+def shipped_config(name: str) -> Path | None:
+    """The run config shipped as ``resources/configs/NAME.toml`` (e.g. ``paper_gpu``), or None."""
+    path = RESOURCES / "configs" / f"{name}.toml"
+    return path if path.is_file() else None
+
+
+def accelerate_config(name: str) -> Path:
+    """An accelerate config: a shipped one by name (``ddp``, ``zero2``, ``zero3``) or a YAML path."""
+    shipped = RESOURCES / "accelerate" / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    path = Path(name).expanduser()
+    if not path.is_file():
+        names = sorted(p.stem for p in (RESOURCES / "accelerate").glob("*.yaml"))
+        raise FileNotFoundError(f"dpo.launcher = {name!r} is neither a shipped accelerate config "
+                                f"({', '.join(names)}) nor a YAML file; write one with "
+                                "`accelerate config --config_file FILE` or pick a shipped one")
+    return path

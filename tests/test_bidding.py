@@ -152,6 +152,6 @@ def test_cli_equilibrium_end_to_end(tmp_path, capsys) -> None:
     assert {"revenue", "welfare", "liquid_welfare"} <= set(summary)
     assert (out / "rounds.parquet").is_file() and (out / "market.parquet").is_file()
     assert "value_maximizer" in capsys.readouterr().out
-    code = main(["equilibrium", "--mechanism", "llm_auction", "--out", str(out)])
+    code = main(["equilibrium", "--mechanism", "dutch", "--out", str(out)])
     assert code == 2
-    assert "LLM-market mechanisms are not supported" in capsys.readouterr().err
+    assert "neither a classic mechanism" in capsys.readouterr().err

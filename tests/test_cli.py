@@ -105,6 +105,15 @@ def test_config_show_reads_a_file(capsys, tmp_path: Path) -> None:
     (["config", "show", "--set", "ad_sampling.top_p=0"], ["top_p"]),
     (["config", "show", "--config", "{tmp}/missing.toml"], ["missing.toml", "config show"]),
     (["answer", "--data", "{tmp}", "--set", "seed=-2"], ["seed"]),
+    (["equilibrium", "--mechanism", "dutch", "--out", "{tmp}/x"],
+     ["'dutch'", "first_price", "llm_auction"]),
+    (["equilibrium", "--mechanism", "pretrained", "--auctions-per-round", "9", "--out",
+      "{tmp}/x"], ["market.queries_per_step"]),
+    (["equilibrium", "--mechanism", "gsp", "--checkpoint", "{tmp}", "--out", "{tmp}/x"],
+     ["--checkpoint", "llm_auction"]),
+    (["evaluate", "--mechanism", "llm_auction", "--checkpoint", "{tmp}/nothing", "--out",
+      "{tmp}/x"], ["--checkpoint", "IRPO run folder"]),
+    (["config", "show", "--set", "dpo.launcher=zero9"], ["dpo.launcher", "zero3"]),
 ])
 def test_bad_input_exit_code_2_names_the_field(capsys, tmp_path: Path, argv: list[str],
                                                needles: list[str]) -> None:

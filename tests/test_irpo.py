@@ -80,7 +80,7 @@ CONFIG = RunConfig().with_overrides([
     "irpo.epochs=1", "irpo.samples_per_query=4", "irpo.candidates_per_prompt=4",
     "irpo.train_queries=4", "irpo.test_queries=2", "ad_sampling.max_new_tokens=8",
     "pctr.epochs=2", "dpo.max_steps=2", "dpo.batch_size=2", "dpo.learning_rate=1e-3",
-    "dpo.max_length=512"])
+    "dpo.max_length=512", "warmstart.queries=0"])
 
 
 def resources(tokenizer):
@@ -91,7 +91,8 @@ def resources(tokenizer):
 
 
 def test_one_epoch_writes_every_artifact(tmp_path, data, tokenizer) -> None:
-    table = irpo.run_irpo(CONFIG, tmp_path, data=data, progress=False, **resources(tokenizer))
+    table = irpo.run_irpo(CONFIG.with_overrides(["irpo.max_pairs=3"]), tmp_path, data=data,
+                          progress=False, **resources(tokenizer))
     assert list(table["epoch"]) == [0, 1]
     for col in ("revenue_per_query", "reward_per_query", "ctr", "format_error_rate", "pctr_auc",
                 "dpo_loss", "dpo_reward_accuracy", "pairs", "seconds"):
@@ -107,6 +108,12 @@ def test_one_epoch_writes_every_artifact(tmp_path, data, tokenizer) -> None:
     assert (epoch / "pairs" / "dataset_info.json").is_file()
     dpo = json.loads((epoch / "dpo.json").read_text())
     assert dpo["pairs"] > 0 and (epoch / "adapter" / "adapter_config.json").is_file()
+    stats = json.loads((epoch / "pairs.json").read_text())
+    assert stats["kept"] == dpo["pairs"] == min(3, stats["built"]) and stats["built"] > 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["epoch"] for r in summary["held_out"]] == [0, 1]
+    assert summary["policy"]["adapter"].endswith("epoch-1/adapter")
+    assert irpo.resolve_policy(tmp_path) == summary["policy"]
     row = table.set_index("epoch").loc[1]
     assert row["pairs"] == dpo["pairs"] and np.isfinite(row["dpo_loss"])
     assert (tmp_path / "epoch-0" / "eval" / "summary.json").is_file()
@@ -202,3 +209,47 @@ def test_no_clicks_skips_pctr_and_no_pairs_skips_dpo(tmp_path, data, tokenizer) 
     row = table.set_index("epoch").loc[1]
     assert "oracle" in row["notes"] and "DPO skipped" in row["notes"]
     assert row["pairs"] == 0 and row["seconds"] > 0
+
+
+WARM = CONFIG.with_overrides(["warmstart.queries=4", "warmstart.epochs=1",
+                              "warmstart.learning_rate=1e-2", "warmstart.batch_size=2"])
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_warm_start_runs_before_epoch_0_and_resume_restores_it(tmp_path, data, tokenizer,
+                                                               monkeypatch) -> None:
+    res = resources(tokenizer)
+    base = _weights(res["model"])
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    real_collect = irpo.collect_phase
+    monkeypatch.setattr(irpo, "collect_phase", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        irpo.run_irpo(WARM, tmp_path, data=data, progress=False, **res)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["epoch"], state["phase"]) == (0, "evaluate")
+    info = json.loads((tmp_path / "epoch-0" / "warmstart.json").read_text())
+    assert info["metrics"]["examples"] == 4 and info["metrics"]["steps"] >= 1
+    assert (tmp_path / "epoch-0" / "warmstart" / "adapter_config.json").is_file()
+    examples = pd.read_parquet(tmp_path / "epoch-0" / "warmstart.parquet")
+    assert len(examples) == 4 and all(len(ids) == 1 for ids in examples["inserted"])
+    warm = _weights(res["model"])  # merged in place: the starting policy of epoch 1
+    assert any(not np.allclose(base[k], warm[k]) for k in base)
+
+    fresh = resources(tokenizer)  # a new process: base weights, warm start restored from disk
+    seen = []
+
+    def check_collect(run, t):
+        seen.append(_weights(run.model))
+        return real_collect(run, t)
+
+    monkeypatch.setattr(irpo, "collect_phase", check_collect)
+    monkeypatch.setattr(irpo, "warmstart_phase", lambda *a: pytest.fail("warm start rerun"))
+    table = irpo.run_irpo(WARM, tmp_path, data=data, resume=True, progress=False, **fresh)
+    assert list(table["epoch"]) == [0, 1]
+    assert all(np.allclose(seen[0][k], warm[k], atol=1e-6) for k in warm)

@@ -80,6 +80,15 @@ def small_data(catalog, n_profiles: int = 6, per_profile: int = 3):
     return profiles, pd.DataFrame(rows)
 
 
+def write_small_data(folder, catalog, **sizes):
+    """`small_data` written as a data build in `folder`; returns (profiles, queries)."""
+    profiles, queries = small_data(catalog, **sizes)
+    folder.mkdir()
+    profiles.to_parquet(folder / "profiles.parquet")
+    queries.to_parquet(folder / "queries.parquet")
+    return profiles, queries
+
+
 def config(**market) -> RunConfig:
     overrides = [f"market.{k}={v}" for k, v in {"steps": 3, "queries_per_step": 4,
                                                 **market}.items()]
@@ -165,10 +174,7 @@ def run_tables(folder):
 
 def test_simulate_writes_the_run_folder(tmp_path, packaged_catalog, resources):
     cfg = config(data=str(tmp_path / "data"))
-    profiles, queries = small_data(packaged_catalog)
-    (tmp_path / "data").mkdir()
-    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
-    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
     out = tmp_path / "run"
     summary = simulate(cfg, out, progress=False, **resources(cfg))
     for name in ("config.json", "manifest.json", "queries.parquet", "metrics.parquet",
@@ -193,10 +199,7 @@ def test_simulate_writes_the_run_folder(tmp_path, packaged_catalog, resources):
 
 def test_same_seed_same_run_and_resume_after_crash(tmp_path, packaged_catalog, resources):
     cfg = config(steps=4, data=str(tmp_path / "data"))
-    profiles, queries = small_data(packaged_catalog)
-    (tmp_path / "data").mkdir()
-    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
-    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
     simulate(cfg, tmp_path / "a", progress=False, **resources(cfg))
     simulate(cfg, tmp_path / "b", progress=False, **resources(cfg))
     for x, y in zip(run_tables(tmp_path / "a"), run_tables(tmp_path / "b")):
@@ -248,10 +251,8 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_result(tmp_path, packaged_ca
     import sys
     import time
 
-    profiles, queries = small_data(packaged_catalog, n_profiles=8, per_profile=5)
-    (tmp_path / "data").mkdir()
-    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
-    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog, n_profiles=8,
+                                         per_profile=5)
     steps = 12
 
     def command(out, *extra):
@@ -287,10 +288,7 @@ def test_cli_run_killed_mid_way_resumes_to_the_same_result(tmp_path, packaged_ca
 def test_learning_bidders_in_the_market_resume_exactly(tmp_path, packaged_catalog, resources):
     """Value and utility maximizers bid multiplier x value, learn each round, and checkpoint."""
     cfg = config(steps=4, bidding="vm:50,um:50", data=str(tmp_path / "data"))
-    profiles, queries = small_data(packaged_catalog)
-    (tmp_path / "data").mkdir()
-    profiles.to_parquet(tmp_path / "data" / "profiles.parquet")
-    queries.to_parquet(tmp_path / "data" / "queries.parquet")
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
     simulate(cfg, tmp_path / "a", progress=False, **resources(cfg))
     with pytest.raises(KeyboardInterrupt):
         simulate(cfg, tmp_path / "b", progress=False, **resources(cfg, fail_on_call=3))
@@ -321,3 +319,55 @@ def test_population_must_cover_the_catalog(packaged_catalog, resources):
     profiles, queries = small_data(packaged_catalog)
     with pytest.raises(ConfigError, match="has 6 advertisers but the catalog has 100 ads"):
         AdMarket(cfg, profiles, queries, **resources(cfg))
+
+
+def test_surrogate_rounds_between_llm_rounds_train_the_bidders(tmp_path, packaged_catalog,
+                                                                resources):
+    """Bidders play market.surrogate_rounds rounds on the fitted surrogate after each LLM round;
+    the run stays deterministic and resumes exactly."""
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
+    cfg = config(steps=4, bidding="vm:50,um:50", data=str(tmp_path / "data"),
+                 surrogate_rounds=25, surrogate_auctions=16)
+    simulate(cfg, tmp_path / "a", progress=False, **resources(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        simulate(cfg, tmp_path / "b", progress=False, **resources(cfg, fail_on_call=3))
+    simulate(cfg, tmp_path / "b", resume=True, progress=False, **resources(cfg))
+    for x, y in zip(run_tables(tmp_path / "a"), run_tables(tmp_path / "b")):
+        pd.testing.assert_frame_equal(x, y)
+    metrics = pd.read_parquet(tmp_path / "a" / "metrics.parquet")
+    assert list(metrics["surrogate_rounds"]) == [25] * 4
+
+    def multipliers(c):
+        market = AdMarket(c, profiles, queries, **resources(c))
+        for _ in range(2):
+            market.step()
+        return np.array([a.policy.policy.multiplier[0] for a in market.advertisers.values()])
+
+    plain = multipliers(config(steps=2, bidding="vm:50,um:50"))
+    fast = multipliers(config(steps=2, bidding="vm:50,um:50", surrogate_rounds=25))
+    # Far more updates: the learners moved further from their start than after 2 LLM rounds.
+    assert np.mean(np.abs(fast - 1.0)) > np.mean(np.abs(plain - 1.0))
+
+
+def test_equilibrium_in_the_llm_market(tmp_path, packaged_catalog, resources):
+    from llmauction_sim.market.equilibrium import market_config, run_market_equilibrium
+
+    profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
+    cfg = market_config(config(data=str(tmp_path / "data"), surrogate_rounds=10),
+                        "pretrained", "vm:3:tau=1.5,um:3", rounds=3)
+    assert cfg.retrieval.num_candidates <= 6 and cfg.market.steps == 3
+    summary = run_market_equilibrium(cfg, tmp_path / "eq", progress=False, **resources(cfg))
+    rounds = pd.read_parquet(tmp_path / "eq" / "rounds.parquet")
+    assert len(rounds) == 3 * 6 and set(rounds["type"]) == {"value_maximizer",
+                                                            "utility_maximizer"}
+    assert set(rounds["ad_id"]) == set(packaged_catalog.ids[:6])
+    ads = summary["advertisers"]
+    assert [a["type"] for a in ads] == ["value_maximizer"] * 3 + ["utility_maximizer"] * 3
+    assert [a["tau"] for a in ads] == [1.5] * 3 + [1.0] * 3
+    for a in ads:
+        assert {"id", "type", "value", "tau", "final_bid", "mean_shading", "roi", "utility",
+                "violation_rate", "regret"} <= set(a)
+        assert np.isfinite(a["mean_shading"]) and a["final_bid"] >= 0
+    assert summary["revenue"] == pytest.approx(rounds["spend"].sum())
+    assert summary["welfare"] == pytest.approx(rounds["value"].sum())
+    assert summary["revenue"] > 0  # the scripted mechanism exposes two candidates per query

@@ -9,7 +9,7 @@ The reference policy is the policy at the start of the phase:
 * Full fine-tuning: the reference log-probs are precomputed from the model before the first update
   (or, with precomputation off, a frozen copy of the model is the reference).
 
-Settings fit a CPU: fp32, no gradient checkpointing, small batches, no reports, no checkpoints
+Defaults fit a CPU: fp32, no gradient checkpointing, small batches, no reports, no checkpoints
 (only the final adapter or model is written, when an output folder is given).
 """
 
@@ -36,6 +36,7 @@ class DpoResult:
     metrics: dict[str, float]
     log_history: list[dict[str, Any]] = field(default_factory=list)
     output_dir: str | None = None
+    is_main_process: bool = True  # False on the other ranks of a distributed launch
 
 
 def _summarise(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -85,7 +86,8 @@ def run_dpo_phase(model, tokenizer, pairs, config: DpoConfig | None = None,
             per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-            gradient_checkpointing=False, bf16=cfg.bf16, fp16=False, use_cpu=on_cpu,
+            gradient_checkpointing=cfg.gradient_checkpointing, bf16=cfg.bf16, fp16=False,
+            use_cpu=on_cpu,
             report_to=[], save_strategy="no", eval_strategy="no",
             logging_steps=cfg.logging_steps, disable_tqdm=True, seed=cfg.seed,
             dataloader_num_workers=0, dataset_num_proc=None)
@@ -115,10 +117,11 @@ def run_dpo_phase(model, tokenizer, pairs, config: DpoConfig | None = None,
         trained.eval()
         written = None
         if output_dir is not None:
-            os.makedirs(output_dir, exist_ok=True)
-            trained.save_pretrained(str(output_dir))
+            # The trainer saves on the main process only and gathers ZeRO-3 shards first.
+            trainer.save_model(str(output_dir))
             written = str(output_dir)
-    return DpoResult(trained, _summarise(history), history, written)
+        main = trainer.accelerator.is_main_process
+    return DpoResult(trained, _summarise(history), history, written, main)
 
 
 def completion_logprobs(model, tokenizer, prompts: Sequence[Sequence[Mapping[str, str]]],

@@ -23,6 +23,7 @@ rebuilt from the newest saved adapter.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,12 +40,13 @@ import pandas as pd
 
 from llmauction_sim.config import RunConfig
 
-PHASES = ("collect", "pctr", "sample", "pairs", "dpo", "evaluate")
+PHASES = ("warmstart", "collect", "pctr", "sample", "pairs", "dpo", "evaluate")
 STATE = "state.json"
 EPOCHS = "epochs.parquet"
 
 # Independent seed streams (mixed with config.seed and the epoch).
 _PICK, _BIDS, _COLLECT, _COLLECT_CLICKS, _SAMPLE, _SAMPLE_CLICKS = 31, 32, 33, 34, 35, 36
+_WARM_PICK, _WARM_BIDS, _WARM_ANSWERS, _WARM_INSERT, _PAIRS = 37, 38, 39, 40, 41
 
 
 @dataclass
@@ -106,19 +108,23 @@ def _write_json(path: Path, data) -> None:
     write_json(path, data)
 
 
-def epoch_requests(run: IrpoRun, t: int) -> list:
-    """The training auctions of epoch t: fixed queries and candidates, integer bids uniform over
-    market.bid_low..bid_high drawn from a generator seeded by (seed, t)."""
+def _with_bids(config: RunConfig, auctions, rng: np.random.Generator) -> list:
+    """`auctions` with integer bids uniform over market.bid_low..bid_high drawn from `rng`."""
     from llmauction_sim.mechanisms import AuctionRequest
 
-    rng = np.random.default_rng([run.config.seed, _BIDS, t])
-    low, high = run.config.market.bid_low, run.config.market.bid_high
+    low, high = config.market.bid_low, config.market.bid_high
     out = []
-    for r in run.train:
+    for r in auctions:
         bids = rng.integers(low, high + 1, len(r.candidates))
         out.append(AuctionRequest(r.query_id, r.profile, r.query, r.candidates,
                                   {ad.id: float(b) for ad, b in zip(r.candidates, bids)}))
     return out
+
+
+def epoch_requests(run: IrpoRun, t: int) -> list:
+    """The training auctions of epoch t: fixed queries and candidates, integer bids redrawn from a
+    generator seeded by (seed, t)."""
+    return _with_bids(run.config, run.train, np.random.default_rng([run.config.seed, _BIDS, t]))
 
 
 def _prompts(requests) -> list:
@@ -273,6 +279,11 @@ def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
               for qid, g in samples.groupby("query_id", sort=False)]
     delta = run.config.irpo.delta_th
     pairs = build_preference_pairs(groups, delta)
+    built, cap = len(pairs), run.config.irpo.max_pairs
+    if cap and built > cap:
+        keep = np.random.default_rng([run.config.seed, _PAIRS, t]).choice(built, cap,
+                                                                          replace=False)
+        pairs = pairs.select(np.sort(keep))
     final = run.epoch_dir(t) / "pairs"
     tmp = final.with_name(f".pairs.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -287,7 +298,8 @@ def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
         finally:
             enable_progress_bar()
     _replace_dir(tmp, final)
-    _write_json(run.epoch_dir(t) / "pairs.json", pair_stats(groups, delta))
+    _write_json(run.epoch_dir(t) / "pairs.json",
+                {**pair_stats(groups, delta), "built": built, "kept": len(pairs)})
     return pairs
 
 
@@ -309,12 +321,74 @@ def dpo_phase(run: IrpoRun, t: int, pairs) -> dict:
         final = run.epoch_dir(t) / "adapter"
         tmp = final.with_name(f".adapter.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        if run.config.dpo.launcher:
+            from llmauction_sim.learning.dpo_launch import launch_dpo_phase
+
+            start = policy_paths(run.out)  # the policy at the epoch's start, as saved
+            metrics = launch_dpo_phase(run.config, run.epoch_dir(t) / "pairs",
+                                       start["checkpoint"] or run.config.ad_llm.name,
+                                       start["adapter"], tmp)
+            _replace_dir(tmp, final)
+            info.update(adapter=str(final.relative_to(run.out)), metrics=metrics,
+                        launcher=run.config.dpo.launcher)
+            _write_json(run.epoch_dir(t) / "dpo.json", info)
+            restore_policy(run, t)
+            return info
         result = run_dpo_phase(run.model, run.tokenizer, pairs, run.config.dpo, output_dir=tmp)
         _replace_dir(tmp, final)
         run.set_policy(result.model)
         info.update(adapter=str(final.relative_to(run.out)), metrics=result.metrics)
     _write_json(run.epoch_dir(t) / "dpo.json", info)
     return info
+
+
+def warmstart_phase(run: IrpoRun) -> dict:
+    """Format warm start (learning/warmstart.py): SFT on the policy's own answers to
+    `warmstart.queries` training auctions with random candidates' mentions inserted; the merged
+    model becomes the base and the starting policy."""
+    from llmauction_sim.learning.warmstart import build_examples, run_sft
+
+    cfg = run.config
+    auctions = _train_auctions(cfg, run.data, run.retriever, run.catalog, cfg.warmstart.queries,
+                               _WARM_PICK)
+    requests = _with_bids(cfg, auctions, np.random.default_rng([cfg.seed, _WARM_BIDS]))
+    answers = [row[0] for row in _generate(run, requests, 1,
+                                           np.random.default_rng([cfg.seed, _WARM_ANSWERS]))]
+    examples = build_examples(requests, answers, cfg.warmstart.ads_per_answer,
+                              np.random.default_rng([cfg.seed, _WARM_INSERT]))
+    folder = run.epoch_dir(0)
+    _write_parquet(pd.DataFrame({"query_id": [r.query_id for r in requests], "answer": answers,
+                                 "completion": [e.completion for e in examples],
+                                 "inserted": [list(e.inserted) for e in examples]}),
+                   folder / "warmstart.parquet")
+    final = folder / "warmstart"
+    tmp = final.with_name(f".warmstart.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = run_sft(run.model, run.tokenizer, examples, cfg.warmstart, cfg.dpo, output_dir=tmp)
+    _replace_dir(tmp, final)
+    policy = folder / "policy"  # the merged model: base of later adapters, loadable on its own
+    tmp = policy.with_name(f".policy.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.model.save_pretrained(str(tmp))
+    run.tokenizer.save_pretrained(str(tmp))
+    _replace_dir(tmp, policy)
+    run.base_model = result.model
+    run.set_policy(result.model)
+    info = {"adapter": str(final.relative_to(run.out)),
+            "policy": str(policy.relative_to(run.out)), "metrics": result.metrics}
+    _write_json(folder / "warmstart.json", info)
+    return info
+
+
+def restore_warmstart(run: IrpoRun) -> None:
+    """Merge the saved warm-start adapter into the base model (resume after the warm start)."""
+    from llmauction_sim.learning.warmstart import load_warm_started
+
+    info = _read_json(run.out / "epoch-0" / "warmstart.json", {})
+    if info.get("adapter"):
+        run.base_model = load_warm_started(run.base_model, run.out / info["adapter"])
+        run.set_policy(run.base_model)
+        run.say("warm-started policy restored")
 
 
 def restore_policy(run: IrpoRun, upto: int) -> None:
@@ -326,6 +400,8 @@ def restore_policy(run: IrpoRun, upto: int) -> None:
             if run.config.dpo.lora:
                 from peft import PeftModel
 
+                if isinstance(run.model, PeftModel):  # drop the old adapter's layers first
+                    run.base_model = run.model.unload()
                 model = PeftModel.from_pretrained(run.base_model, str(path), is_trainable=True)
             else:
                 from transformers import AutoModelForCausalLM
@@ -370,14 +446,56 @@ def evaluate_phase(run: IrpoRun, t: int, seconds: float) -> dict:
         table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     table["pairs"] = pd.to_numeric(table["pairs"], errors="coerce").astype("Int64")
     _write_parquet(table.reset_index(drop=True), path)
+    _write_json(run.out / "summary.json", {
+        "held_out": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                      for k, v in r.items()} for r in table.astype(object).to_dict("records")],
+        "policy": policy_paths(run.out), "reward": run.config.irpo.reward,
+        "warm_start": run.config.warmstart.queries > 0})
     return row
+
+
+def policy_paths(run_dir: str | os.PathLike) -> dict:
+    """The newest policy of an IRPO run folder as {"checkpoint": model folder or None, "adapter":
+    adapter folder or None}: the mechanisms.llm_auction_checkpoint / _adapter settings."""
+    run_dir = Path(run_dir)
+    warm = _read_json(run_dir / "epoch-0" / "warmstart.json", {})
+    checkpoint = str(run_dir / warm["policy"]) if warm.get("policy") else None
+    epochs = sorted((int(p.name.split("-")[1]) for p in run_dir.glob("epoch-*")
+                     if p.name.split("-")[1].isdigit()), reverse=True)
+    for t in epochs:
+        info = _read_json(run_dir / f"epoch-{t}" / "dpo.json", {})
+        if info.get("adapter"):
+            path = str(run_dir / info["adapter"])
+            if (Path(path) / "adapter_config.json").is_file():
+                return {"checkpoint": checkpoint, "adapter": path}
+            return {"checkpoint": path, "adapter": None}  # full fine-tuning saved a model
+    return {"checkpoint": checkpoint, "adapter": None}
+
+
+def resolve_policy(path: str | os.PathLike) -> dict:
+    """What `--checkpoint PATH` means: an IRPO run folder (its newest policy), an adapter folder
+    (inside an IRPO run: on top of that run's warm-started model), or a model folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint {path}: no such folder; give an IRPO run folder, "
+                                "an adapter folder (epoch-N/adapter) or a model folder")
+    if (path / STATE).is_file():
+        return policy_paths(path)
+    if (path / "adapter_config.json").is_file():
+        run_dir = path.parent.parent
+        base = policy_paths(run_dir)["checkpoint"] if (run_dir / STATE).is_file() else None
+        return {"checkpoint": base, "adapter": str(path)}
+    return {"checkpoint": str(path), "adapter": None}
 
 
 # ------------------------------------------------------------------------------------------------
 # Setup and the loop
 
 
-def _train_auctions(config: RunConfig, data: Path, retriever, catalog) -> list:
+def _train_auctions(config: RunConfig, data: Path, retriever, catalog, n: int,
+                    stream: int = _PICK) -> list:
+    """`n` training-split queries (all of them when fewer), drawn by the seed stream `stream`, with
+    their retrieved candidates and placeholder bids."""
     from llmauction_sim.data import load_dataset
     from llmauction_sim.domain.users import profiles_from_frame
     from llmauction_sim.mechanisms import AuctionRequest
@@ -386,8 +504,8 @@ def _train_auctions(config: RunConfig, data: Path, retriever, catalog) -> list:
     train = queries[queries["split"] == "train"]
     if train.empty:
         raise ValueError(f"{data} has no training queries; build more profiles")
-    pick = np.random.default_rng([config.seed, _PICK])
-    n = min(config.irpo.train_queries, len(train))
+    pick = np.random.default_rng([config.seed, stream])
+    n = min(n, len(train))
     train = train.iloc[np.sort(pick.choice(len(train), size=n, replace=False))]
     by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
     users = [by_user[u] for u in train["user_id"]]
@@ -395,6 +513,24 @@ def _train_auctions(config: RunConfig, data: Path, retriever, catalog) -> list:
     return [AuctionRequest(qid, user, text, tuple(cands), {ad.id: 0.0 for ad in cands})
             for qid, user, text, cands in zip(train["query_id"], users, texts,
                                               retriever.retrieve(users, texts))]
+
+
+def check_lengths(config: RunConfig, tokenizer, requests) -> None:
+    """Refuse a `dpo.max_length` that would cut answers: the longest prompt plus
+    `ad_sampling.max_new_tokens` must fit, or DPO and the warm start train on truncated answers."""
+    if not requests:
+        return
+    longest = max(len(tokenizer(tokenizer.apply_chat_template(p, tokenize=False,
+                                                              add_generation_prompt=True),
+                                add_special_tokens=False)["input_ids"])
+                  for p in _prompts(requests))
+    need = longest + config.ad_sampling.max_new_tokens
+    if need > config.dpo.max_length:
+        raise ValueError(
+            f"dpo.max_length = {config.dpo.max_length} is too short: the longest training prompt "
+            f"has {longest} tokens and answers reach ad_sampling.max_new_tokens = "
+            f"{config.ad_sampling.max_new_tokens}, so answers would be cut; set "
+            f"dpo.max_length >= {need} (or fewer retrieval.num_candidates / max_new_tokens)")
 
 
 def _ensure_data(config: RunConfig, out: Path, data) -> Path:
@@ -419,7 +555,7 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
     from llmauction_sim.clicks.base import make_judge
     from llmauction_sim.domain.catalog import load_catalog
     from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-    from llmauction_sim.lm.hf import TransformersLM, load_language_model
+    from llmauction_sim.lm.hf import TransformersLM, load_trainable
 
     unknown = set(resources) - {"model", "tokenizer", "ad_lm", "judge", "retriever", "catalog",
                                 "pctr_encoder", "make_lm"}
@@ -432,9 +568,11 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
     judge = resources.get("judge") or make_judge(config.clicks.judge, config,
                                                  encoder=retriever.encoder, catalog=catalog)
     model, tokenizer = resources.get("model"), resources.get("tokenizer")
-    if model is None:
-        ad_lm = resources.get("ad_lm") or load_language_model(config.ad_llm, seed=config.seed)
-        model, tokenizer = ad_lm.model, ad_lm.tokenizer
+    if model is None and resources.get("ad_lm") is not None:
+        # Training changes the model in place; the caller's generator keeps its own weights.
+        model, tokenizer = copy.deepcopy(resources["ad_lm"].model), resources["ad_lm"].tokenizer
+    elif model is None:
+        model, tokenizer = load_trainable(config.ad_llm)
 
     def default_lm(m, tok):
         return TransformersLM(m, tok, name=config.ad_llm.name,
@@ -442,9 +580,11 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
 
     make_lm = resources.get("make_lm") or default_lm
     data_dir = _ensure_data(config, out, data)
-    run = IrpoRun(config, out, data_dir, _train_auctions(config, data_dir, retriever, catalog),
-                  catalog, retriever, judge, tokenizer, model, make_lm(model, tokenizer),
-                  make_lm, resources.get("pctr_encoder"), base_model=model, progress=progress)
+    train = _train_auctions(config, data_dir, retriever, catalog, config.irpo.train_queries)
+    check_lengths(config, tokenizer, train)
+    run = IrpoRun(config, out, data_dir, train, catalog, retriever, judge, tokenizer, model,
+                  make_lm(model, tokenizer), make_lm, resources.get("pctr_encoder"),
+                  base_model=model, progress=progress)
     return run
 
 
@@ -461,8 +601,9 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     """Run `config.irpo.epochs` IRPO epochs into `out`; return the epochs table (epoch 0 = the
     starting policy). `resume=True` continues after the last completed phase in OUT/state.json.
 
-    Resources (all optional): ``model`` and ``tokenizer`` (the HF policy; default: loaded from
-    ``config.ad_llm``), ``ad_lm`` (a `TransformersLM` whose model and tokenizer are used),
+    Resources (all optional): ``model`` and ``tokenizer`` (the HF policy, trained in place;
+    default: a fresh load of ``config.ad_llm``), ``ad_lm`` (a `TransformersLM` whose model is
+    copied and tokenizer used),
     ``judge`` (click judge), ``retriever``, ``catalog``, ``pctr_encoder`` (encoder of the pCTR
     model), ``make_lm(model, tokenizer)`` (wraps the policy for generation; default
     `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
@@ -478,6 +619,8 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     run = _setup(config, out, progress, data, resources)
     done = _position(state)
     seconds: dict[str, float] = dict((state or {}).get("seconds", {}))
+    if done >= (0, PHASES.index("warmstart")):
+        restore_warmstart(run)
     if done >= (1, 0):
         last_dpo = done[0] if done[1] >= PHASES.index("dpo") else done[0] - 1
         restore_policy(run, last_dpo)
@@ -486,6 +629,11 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
         seconds[str(t)] = seconds.get(str(t), 0.0) + elapsed
         _write_json(state_path, {"epoch": t, "phase": phase, "seconds": seconds})
 
+    if config.warmstart.queries and done < (0, PHASES.index("warmstart")):
+        start = time.perf_counter()
+        run.say(f"epoch 0: format warm start on {config.warmstart.queries} training auctions")
+        warmstart_phase(run)
+        finish(0, "warmstart", time.perf_counter() - start)
     if done < (0, PHASES.index("evaluate")):
         start = time.perf_counter()
         run.say("epoch 0: evaluating the starting policy")
@@ -494,6 +642,8 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     for t in range(1, config.irpo.epochs + 1):
         values: dict[str, Any] = {}
         for i, phase in enumerate(PHASES):
+            if phase == "warmstart":
+                continue  # epoch 0 only
             if (t, i) <= done:
                 if phase == "collect":
                     continue  # read again by the pCTR phase when it needs it

@@ -527,6 +527,12 @@ def _load(name: str, dtype: str, device: str, adapter: str | None):
     return model, tokenizer
 
 
+def load_trainable(config):
+    """(model, tokenizer) of a `ModelConfig`, loaded afresh: training changes a model in place, so
+    it must not be the copy `load_language_model` shares."""
+    return _load.__wrapped__(config.name, config.dtype, config.device, config.adapter)
+
+
 def load_language_model(config, seed: int = 0):
     """The `LanguageModel` for a `ModelConfig` (its `backend`); weights are shared between equal
     configs."""

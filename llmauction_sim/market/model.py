@@ -26,7 +26,8 @@ from llmauction_sim.market.agents import AdvertiserAgent, AuctioneerAgent, UserA
 from llmauction_sim.market.learners import population_factories
 from llmauction_sim.mechanisms import AuctionRequest, make_mechanism
 
-_VALUES_STREAM, _ROUND_STREAM = 1, 2  # independent seed streams: advertiser setup, rounds
+# independent seed streams: advertiser setup, rounds, surrogate rounds
+_VALUES_STREAM, _ROUND_STREAM, _SURROGATE_STREAM = 1, 2, 3
 
 
 def _mean(values) -> float:
@@ -45,6 +46,7 @@ MODEL_REPORTERS = {
     "format_error_rate": lambda m: _mean(r["format_errors"] > 0 for r in m.round_records),
     "no_ad_rate": lambda m: _mean(not r["exposed"] for r in m.round_records),
     "judge_malformed_rate": lambda m: _mean(r["judge_malformed"] for r in m.round_records),
+    "surrogate_rounds": lambda m: m.surrogate_rounds_run,
 }
 
 ADVERTISER_REPORTERS = {
@@ -106,6 +108,8 @@ class AdMarket(mesa.Model):
                             for ad, v, policy in zip(self.catalog, values, policies)}
         self.auctioneer = AuctioneerAgent(self, mechanism)
         self.round_records: list[dict] = []
+        self.history: list[pd.DataFrame] = []  # every LLM round's records (the surrogate's data)
+        self.surrogate_rounds_run = 0
         self.timings: dict[str, float] = {}
         self.datacollector = mesa.DataCollector(
             model_reporters=MODEL_REPORTERS,
@@ -172,10 +176,52 @@ class AdMarket(mesa.Model):
             end_round = getattr(advertiser.policy, "end_round", None)
             if end_round is not None:
                 end_round(advertiser)
+        self.history.append(pd.DataFrame(self.round_records))
+        t4 = time.perf_counter()
+        self.surrogate_rounds_run = self.run_surrogate_rounds()
         for key, seconds in (("retrieve_and_bid", t1 - t0), ("allocate", t2 - t1),
-                             ("judge", t3 - t2)):
+                             ("judge", t3 - t2), ("surrogate", time.perf_counter() - t4)):
             self.timings[key] = self.timings.get(key, 0.0) + seconds
         self.datacollector.collect(self)
+
+    def run_surrogate_rounds(self) -> int:
+        """`market.surrogate_rounds` bidding rounds on the allocation surrogate fitted to every LLM
+        round so far (market/surrogate.py); returns how many ran (0 before any ad was exposed).
+        Their outcomes reach the bid policies only; the advertisers' totals count LLM rounds."""
+        from llmauction_sim.market.agents import AuctionOutcome
+        from llmauction_sim.market.surrogate import AllocationSurrogate, auctions_from_log
+
+        market = self.config.market
+        if not market.surrogate_rounds:
+            return 0
+        logged = auctions_from_log(pd.concat(self.history, ignore_index=True), self.catalog.ids)
+        try:
+            surrogate = AllocationSurrogate(len(self.catalog)).fit(logged)
+        except ValueError:
+            return 0  # no exposure logged yet
+        self.surrogate = surrogate
+        rng = np.random.default_rng([self.config.seed, _SURROGATE_STREAM, self.steps])
+        agents = [self.advertisers[ad_id] for ad_id in self.catalog.ids]
+        n = market.surrogate_auctions or market.queries_per_step
+        for _ in range(market.surrogate_rounds):
+            ads = logged.ads[rng.integers(0, len(logged.ads), n)]
+            rows, cols = np.nonzero(ads >= 0)
+            bids = np.zeros(ads.shape)
+            for i, j in zip(rows, cols):
+                agent = agents[ads[i, j]]
+                bids[i, j] = agent.policy.bid(agent, None, rng)
+            exposed = rng.random(ads.shape) < surrogate.exposure(ads, bids)
+            clicked = exposed & (rng.random(ads.shape)
+                                 < surrogate.click_given_exposed[np.maximum(ads, 0)])
+            for i, j in zip(rows, cols):
+                agent, bid, c = agents[ads[i, j]], float(bids[i, j]), int(clicked[i, j])
+                agent.policy.observe(agent, AuctionOutcome(bid, bool(exposed[i, j]), c, bid * c,
+                                                           agent.value_per_click * c))
+            for agent in agents:
+                end_round = getattr(agent.policy, "end_round", None)
+                if end_round is not None:
+                    end_round(agent)
+        return market.surrogate_rounds
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:

@@ -115,6 +115,8 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
         state = json.loads(state_file.read_text())
         market.load_state(state["market"])
         done = market.steps
+        market.history = [pd.read_parquet(state_dir / f"step-{t:06d}.queries.parquet")
+                          for t in range(1, done + 1)]
     for part in state_dir.glob("step-*.parquet"):  # from a round that never committed its state
         if int(part.name.split("-")[1].split(".")[0]) > done:
             part.unlink()
