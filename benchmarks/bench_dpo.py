@@ -8,7 +8,7 @@ included):
 - `trl_defaults`: bf16 autocast, gradient checkpointing, reference log-probs computed every step;
 - one change at a time towards ours; `ours`: fp32, no checkpointing, reference log-probs once.
 
-    python benchmarks/bench_dpo.py [--pairs 8] [--steps 2] [--json]
+    python benchmarks/bench_dpo.py [--pairs 4] [--steps 1] [--json]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def pairs(config: RunConfig, count: int, seed: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

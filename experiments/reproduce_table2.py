@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     config = RunConfig(seed=args.seed).with_overrides(CPU_SETTINGS + args.overrides)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
+    timings = work / "timings.json"  # kept across resumed runs
+    times: dict[str, float] = json.loads(timings.read_text()) if timings.is_file() else {}
     data = work / "data"
     if not (data / "queries.parquet").is_file():
         log(f"building {config.data.profiles} profiles' queries with the User-LLM")
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         out = fn(*fargs, **kwargs)
         times[name] = time.perf_counter() - start
+        timings.write_text(json.dumps(times, indent=2))
         return out
 
     # IRPO with the learned pCTR reward (warm start, epoch 0, epochs 1..E).
@@ -223,7 +225,7 @@ def main(argv=None) -> int:
               "seconds": times}
     (out / "table2.json").write_text(json.dumps(result, indent=2, default=float))
     cols = ["epoch", "revenue_per_query", "reward_per_query", "ctr", "format_error_rate",
-            "pctr_auc", "dpo_loss", "dpo_reward_accuracy", "pairs", "seconds"]
+            "pctr_auc", "dpo_loss", "dpo_reward_accuracy", "pairs", "kl_to_reference", "seconds"]
     text = [f"# Table 2 on the embedded model\n\n```\n{result['command']}\n```\n",
             "Settings on top of the defaults: `" + "`, `".join(result["settings"]) + "`.\n",
             "## Held-out auctions\n", markdown(table), "",
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
                  markdown(frame[[c for c in cols if c in frame]]), ""]
     text += ["## Monotonicity (one ad per sample, bids 1, 10, ..., 100)\n", markdown(mono_rows),
              ""]
-    (out / "table2_generated.md").write_text("\n".join(text) + "\n")
+    (out / "table2.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     return 0
 

@@ -525,6 +525,9 @@ class IrpoConfig(ConfigBase):
                              min=0)
     reward: str = option("pctr", "Reward R: 'pctr' (learned pCTR model) or 'oracle' (the judge's "
                          "realised clicks).", choices=["pctr", "oracle"])
+    kl_samples: int = option(16, "Sampled answers per epoch on which the new policy's KL to the "
+                             "epoch's reference is estimated (two scoring passes); 0 = skip.",
+                             min=0)
     max_pairs: int = option(0, "Keep at most this many preference pairs per epoch (a seeded "
                             "random subset; bounds the DPO phase's cost); 0 = all.", min=0)
     train_queries: int = option(64, "Training queries (train split) used per epoch.", min=1)

@@ -123,3 +123,34 @@ def test_cli_simulate(llm_data: Path, capsys, tmp_path: Path) -> None:
     for _, row in queries.iterrows():
         assert set(row["clicked"]) <= set(row["exposed"]) <= set(row["candidates"])
     assert (out / "metrics.png").stat().st_size > 1000
+
+
+def test_irpo_on_the_embedded_model_then_evaluate_the_trained_policy(tmp_path, capsys) -> None:
+    """`llmauction irpo`: warm start, one tiny epoch (collect, pCTR, sample, pairs, DPO,
+    evaluate) on the real model; then `evaluate --checkpoint` loads the trained policy."""
+    import json
+
+    data = tmp_path / "data"
+    build_dataset(RunConfig().with_overrides(["data.profiles=8", "data.query_writer=template"]),
+                  data, progress=False)
+    tiny = ["--set", "ad_sampling.max_new_tokens=24", "--set", "irpo.samples_per_query=2",
+            "--set", "irpo.candidates_per_prompt=2", "--set", "irpo.kl_samples=2",
+            "--set", "warmstart.queries=2", "--set", "warmstart.epochs=1",
+            "--set", "dpo.max_steps=1", "--set", "dpo.batch_size=1", "--set", "pctr.epochs=1",
+            # a delta_th of 0 keeps any strictly better answer: a pair is likely even here
+            "--set", "irpo.delta_th=0"]
+    run = tmp_path / "irpo"
+    assert main(["irpo", "--epochs", "1", "--train-queries", "2", "--test-queries", "2",
+                 "--data", str(data), "--out", str(run), "--quiet", *tiny]) == 0
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    assert list(epochs["epoch"]) == [0, 1]
+    assert (run / "epoch-0" / "policy" / "config.json").is_file()  # the warm-started model
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["warm_start"] and summary["policy"]["checkpoint"].endswith("epoch-0/policy")
+    capsys.readouterr()
+    assert main(["evaluate", "--mechanism", "llm_auction", "--checkpoint", str(run),
+                 "--test-queries", "2", "--data", str(data), "--out", str(tmp_path / "eval"),
+                 "--set", "ad_sampling.max_new_tokens=24"]) == 0
+    config = json.loads((tmp_path / "eval" / "config.json").read_text())
+    assert config["mechanisms"]["llm_auction_checkpoint"] == summary["policy"]["checkpoint"]
+    assert config["mechanisms"]["llm_auction_adapter"] == summary["policy"]["adapter"]

@@ -95,8 +95,9 @@ def test_one_epoch_writes_every_artifact(tmp_path, data, tokenizer) -> None:
                           progress=False, **resources(tokenizer))
     assert list(table["epoch"]) == [0, 1]
     for col in ("revenue_per_query", "reward_per_query", "ctr", "format_error_rate", "pctr_auc",
-                "dpo_loss", "dpo_reward_accuracy", "pairs", "seconds"):
+                "dpo_loss", "dpo_reward_accuracy", "pairs", "kl_to_reference", "seconds"):
         assert col in table.columns
+    assert table.set_index("epoch").loc[1, "kl_to_reference"] > 0  # DPO moved the policy
     epoch = tmp_path / "epoch-1"
     log = pd.read_parquet(epoch / "clicks.parquet")
     assert {"user_id", "ad_id", "query", "response", "clicked", "bid"} <= set(log.columns)

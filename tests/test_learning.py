@@ -298,3 +298,18 @@ def test_dpo_phase_raises_margin(tokenizer, tmp_path, lora):
         assert list(again.model.peft_config) == ["default"]
         assert again.metrics["rewards/margins_first"] == pytest.approx(0.0, abs=1e-6)
         assert margin(again.model) > after
+
+
+def test_kl_estimate():
+    from llmauction_sim.learning.dpo import kl_estimate
+
+    ref = np.array([-10.0, -12.0, -9.0, -20.0])
+    assert kl_estimate(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    assert kl_estimate(ref + 3.0, ref) == pytest.approx(0.0, abs=1e-12)  # a constant shift
+    # Reference uniform over 4 samples; policy puts 1/2, 1/6, 1/6, 1/6: KL = sum p log(4p).
+    p = np.array([0.5, 1 / 6, 1 / 6, 1 / 6])
+    assert kl_estimate(ref + np.log(4 * p), ref) == pytest.approx(float(np.sum(p * np.log(4 * p))))
+    assert kl_estimate([0.0, -5.0], [0.0, 0.0]) > 0
+    with pytest.raises(ValueError):
+        kl_estimate([], [])
+

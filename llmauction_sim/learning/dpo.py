@@ -154,3 +154,19 @@ def completion_logprobs(model, tokenizer, prompts: Sequence[Sequence[Mapping[str
             for row, (f, n_prompt) in enumerate(chunk):
                 out.append(float(logps[row, n_prompt - 1:len(f) - 1].sum()))
     return out
+
+
+def kl_estimate(logp_policy: Sequence[float], logp_reference: Sequence[float]) -> float:
+    """KL(policy || reference) from answers sampled by the reference: with l = log pi - log
+    pi_ref per answer and self-normalised importance weights w = softmax(l), the estimate is
+    sum_i w_i log(n w_i), the KL of the reweighted sample to the plain one (>= 0; 0 when the
+    policy did not change; it tends to the true KL as the sample grows)."""
+    import numpy as np
+
+    ratio = np.asarray(logp_policy, np.float64) - np.asarray(logp_reference, np.float64)
+    if ratio.size == 0:
+        raise ValueError("kl_estimate needs at least one answer")
+    w = np.exp(ratio - ratio.max())
+    w /= w.sum()
+    return float(np.sum(w * np.log(np.maximum(ratio.size * w, 1e-300))))
+

@@ -309,35 +309,55 @@ def load_pairs(run: IrpoRun, t: int):
     return load_from_disk(str(run.epoch_dir(t) / "pairs"))
 
 
+def _kl_sample(run: IrpoRun, t: int) -> tuple[list, list[str]]:
+    """Up to `irpo.kl_samples` of epoch t's sampled answers (drawn from the policy at the epoch's
+    start) with their prompts: where the KL to the reference is estimated."""
+    n = run.config.irpo.kl_samples
+    path = run.epoch_dir(t) / "samples.parquet"
+    if not n or not path.is_file():
+        return [], []
+    samples = pd.read_parquet(path, columns=["query_id", "response"]).head(n)
+    requests = epoch_requests(run, t)
+    prompts = dict(zip((r.query_id for r in requests), _prompts(requests)))
+    return [prompts[q] for q in samples["query_id"]], list(samples["response"])
+
+
 def dpo_phase(run: IrpoRun, t: int, pairs) -> dict:
-    """One DPO phase from the current policy; the new policy replaces it (wrapped again)."""
-    from llmauction_sim.learning.dpo import run_dpo_phase
+    """One DPO phase from the current policy; the new policy replaces it (wrapped again).
+    Records `kl_to_reference`, the KL of the new policy to the epoch's start (`kl_estimate` on
+    `irpo.kl_samples` of the epoch's sampled answers)."""
+    from llmauction_sim.learning.dpo import completion_logprobs, kl_estimate, run_dpo_phase
 
     info: dict[str, Any] = {"pairs": len(pairs), "skipped": False, "adapter": None}
     if len(pairs) == 0:
-        info.update(skipped=True, note="DPO skipped: no preference pairs this epoch; the policy "
-                    "is kept")
-    else:
-        final = run.epoch_dir(t) / "adapter"
-        tmp = final.with_name(f".adapter.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if run.config.dpo.launcher:
-            from llmauction_sim.learning.dpo_launch import launch_dpo_phase
+        info.update(skipped=True, kl_to_reference=0.0,
+                    note="DPO skipped: no preference pairs this epoch; the policy is kept")
+        _write_json(run.epoch_dir(t) / "dpo.json", info)
+        return info
+    kl_prompts, kl_texts = _kl_sample(run, t)
+    reference = completion_logprobs(run.model, run.tokenizer, kl_prompts, kl_texts)
+    final = run.epoch_dir(t) / "adapter"
+    tmp = final.with_name(f".adapter.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if run.config.dpo.launcher:
+        from llmauction_sim.learning.dpo_launch import launch_dpo_phase
 
-            start = policy_paths(run.out)  # the policy at the epoch's start, as saved
-            metrics = launch_dpo_phase(run.config, run.epoch_dir(t) / "pairs",
-                                       start["checkpoint"] or run.config.ad_llm.name,
-                                       start["adapter"], tmp)
-            _replace_dir(tmp, final)
-            info.update(adapter=str(final.relative_to(run.out)), metrics=metrics,
-                        launcher=run.config.dpo.launcher)
-            _write_json(run.epoch_dir(t) / "dpo.json", info)
-            restore_policy(run, t)
-            return info
+        start = policy_paths(run.out)  # the policy at the epoch's start, as saved
+        metrics = launch_dpo_phase(run.config, run.epoch_dir(t) / "pairs",
+                                   start["checkpoint"] or run.config.ad_llm.name,
+                                   start["adapter"], tmp)
+        _replace_dir(tmp, final)
+        info.update(adapter=str(final.relative_to(run.out)), metrics=metrics,
+                    launcher=run.config.dpo.launcher)
+        _write_json(run.epoch_dir(t) / "dpo.json", info)
+        restore_policy(run, t)
+    else:
         result = run_dpo_phase(run.model, run.tokenizer, pairs, run.config.dpo, output_dir=tmp)
         _replace_dir(tmp, final)
         run.set_policy(result.model)
         info.update(adapter=str(final.relative_to(run.out)), metrics=result.metrics)
+    policy = completion_logprobs(run.model, run.tokenizer, kl_prompts, kl_texts)
+    info["kl_to_reference"] = kl_estimate(policy, reference) if kl_texts else None
     _write_json(run.epoch_dir(t) / "dpo.json", info)
     return info
 
@@ -434,7 +454,8 @@ def evaluate_phase(run: IrpoRun, t: int, seconds: float) -> dict:
                                                       "ctr", "format_error_rate")},
            "pctr_auc": pctr.get("auc"), "dpo_loss": metrics.get("loss"),
            "dpo_reward_accuracy": metrics.get("rewards/accuracies"),
-           "pairs": dpo.get("pairs", 0 if t else None), "reward_kind": kind,
+           "pairs": dpo.get("pairs", 0 if t else None),
+           "kl_to_reference": dpo.get("kl_to_reference"), "reward_kind": kind,
            "notes": "; ".join(notes), "seconds": seconds + time.perf_counter() - start}
     path = run.out / EPOCHS
     table = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
@@ -442,7 +463,7 @@ def evaluate_phase(run: IrpoRun, t: int, seconds: float) -> dict:
         table = table[table["epoch"] != t]
     table = pd.concat([table, pd.DataFrame([row])], ignore_index=True).sort_values("epoch")
     for col in ("revenue_per_query", "reward_per_query", "ctr", "format_error_rate", "pctr_auc",
-                "dpo_loss", "dpo_reward_accuracy", "seconds"):
+                "dpo_loss", "dpo_reward_accuracy", "kl_to_reference", "seconds"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     table["pairs"] = pd.to_numeric(table["pairs"], errors="coerce").astype("Int64")
     _write_parquet(table.reset_index(drop=True), path)
