@@ -141,6 +141,16 @@ def _generate(run: IrpoRun, requests, n: int, rng: np.random.Generator) -> list[
     return [[c.text for c in row] for row in run.lm.generate(_prompts(requests), params)]
 
 
+def _epoch_samples(run: IrpoRun, t: int, n: int, stream: int):
+    """`n` answers of the policy per training auction of epoch t, flattened: (requests, answers,
+    sample index within its auction)."""
+    requests = epoch_requests(run, t)
+    samples = _generate(run, requests, n, np.random.default_rng([run.config.seed, stream, t]))
+    return ([r for r, row in zip(requests, samples) for _ in row],
+            [text for row in samples for text in row],
+            [k for row in samples for k in range(len(row))])
+
+
 def _judge(run: IrpoRun, requests, responses, rng: np.random.Generator):
     """(mention reports, click decisions) of `responses[k]` answering `requests[k]`."""
     from llmauction_sim.clicks.base import ClickRequest
@@ -163,12 +173,7 @@ def _judge(run: IrpoRun, requests, responses, rng: np.random.Generator):
 def collect_phase(run: IrpoRun, t: int) -> pd.DataFrame:
     """Deploy the policy on the training auctions and judge clicks -> the epoch's click log."""
     cfg = run.config
-    requests = epoch_requests(run, t)
-    samples = _generate(run, requests, cfg.irpo.samples_per_query,
-                        np.random.default_rng([cfg.seed, _COLLECT, t]))
-    flat_req = [r for r, row in zip(requests, samples) for _ in row]
-    flat_resp = [text for row in samples for text in row]
-    sample_ids = [k for row in samples for k in range(len(row))]
+    flat_req, flat_resp, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query, _COLLECT)
     reports, decisions = _judge(run, flat_req, flat_resp,
                                 np.random.default_rng([cfg.seed, _COLLECT_CLICKS, t]))
     rows = []
@@ -238,11 +243,8 @@ def sample_phase(run: IrpoRun, t: int, pctr_model) -> pd.DataFrame:
     from llmauction_sim.learning.reward import oracle_rewards, pctr_rewards
 
     cfg = run.config
-    requests = epoch_requests(run, t)
-    samples = _generate(run, requests, cfg.irpo.candidates_per_prompt,
-                        np.random.default_rng([cfg.seed, _SAMPLE, t]))
-    flat_req = [r for r, row in zip(requests, samples) for _ in row]
-    flat_resp = [text for row in samples for text in row]
+    flat_req, flat_resp, sample_ids = _epoch_samples(run, t, cfg.irpo.candidates_per_prompt,
+                                                     _SAMPLE)
     kind = cfg.irpo.reward if pctr_model is not None else "oracle"
     if kind == "pctr":
         scored = pctr_rewards(flat_req, flat_resp, pctr_model, cfg.penalty, 1.0, run.catalog.ids)
@@ -254,7 +256,7 @@ def sample_phase(run: IrpoRun, t: int, pctr_model) -> pd.DataFrame:
         scored = oracle_rewards(flat_req, flat_resp, clicks, cfg.penalty, 1.0, run.catalog.ids)
     frame = pd.DataFrame({
         "query_id": [r.query_id for r in flat_req],
-        "sample": [k for row in samples for k in range(len(row))],
+        "sample": sample_ids,
         "response": flat_resp,
         "reward": [b.reward for b in scored],
         "expected_revenue": [b.expected_revenue for b in scored],
