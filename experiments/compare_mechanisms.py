@@ -21,19 +21,10 @@ from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.evaluation import evaluate  # noqa: E402
 from llmauction_sim.lm.hf import load_language_model  # noqa: E402
 from llmauction_sim.mechanisms import mechanism_names  # noqa: E402
+from llmauction_sim.tables import markdown_table  # noqa: E402
 
 COLUMNS = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
            "format_error_rate", "generations_per_query", "seconds_per_query")
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    def cell(v) -> str:
-        return "n/a" if v is None or v != v else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from llmauction_sim.config import RunConfig  # noqa: E402
+from llmauction_sim.tables import markdown_table  # noqa: E402
 
 # The CPU budget (about an hour on 2 cores); every value can be changed with --set.
 CPU_SETTINGS = [
@@ -85,17 +86,6 @@ def fork_epoch0(src: Path, dst: Path) -> None:
     state = json.loads((src / "state.json").read_text())
     (dst / "state.json").write_text(json.dumps(
         {"epoch": 0, "phase": "evaluate", "seconds": {"0": state["seconds"]["0"]}}))
-
-
-def markdown(table: pd.DataFrame) -> str:
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return "n/a"
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def ratio(a, b) -> float | None:
@@ -228,14 +218,14 @@ def main(argv=None) -> int:
             "pctr_auc", "dpo_loss", "dpo_reward_accuracy", "pairs", "kl_to_reference", "seconds"]
     text = [f"# Table 2 on the embedded model\n\n```\n{result['command']}\n```\n",
             "Settings on top of the defaults: `" + "`, `".join(result["settings"]) + "`.\n",
-            "## Held-out auctions\n", markdown(table), "",
+            "## Held-out auctions\n", markdown_table(table), "",
             "## Ratios (LLM-Auction with pCTR reward against the baselines)\n",
-            markdown(pd.DataFrame([{"ratio": k, "ours": v, "paper": PAPER.get(k)}
+            markdown_table(pd.DataFrame([{"ratio": k, "ours": v, "paper": PAPER.get(k)}
                                    for k, v in ours.items()])), ""]
     for kind, frame in epochs.items():
         text += [f"## IRPO epochs ({kind} reward)\n",
-                 markdown(frame[[c for c in cols if c in frame]]), ""]
-    text += ["## Monotonicity (one ad per sample, bids 1, 10, ..., 100)\n", markdown(mono_rows),
+                 markdown_table(frame[[c for c in cols if c in frame]]), ""]
+    text += ["## Monotonicity (one ad per sample, bids 1, 10, ..., 100)\n", markdown_table(mono_rows),
              ""]
     (out / "table2.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))

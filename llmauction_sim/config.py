@@ -381,6 +381,11 @@ class MarketConfig(ConfigBase):
                                      "contexts; 0 = queries_per_step.", min=0)
     split: str = option("train", "Which users ask: the train or the test split of the data.",
                         choices=["train", "test", "all"])
+    rounds_per_epoch: int = option(
+        0, "One market, two learners (`llmauction equilibrium` on a single-pass Ad-LLM "
+        "mechanism): after every K LLM rounds one IRPO epoch trains the Ad-LLM on those rounds' "
+        "auctions, bids and clicks, and later rounds use the new policy; 0 = the Ad-LLM stays "
+        "fixed.", min=0)
 
     def validate(self) -> None:
         if self.bid_low > self.bid_high:
@@ -408,6 +413,12 @@ class MechanismConfig(ConfigBase):
                                "units.", min=0.0, exclusive_min=True)
     mosaic_lambda: float = option(1.0, "mosaic: weight lambda of the format penalty in R(y).",
                                   min=0.0)
+    mosaic_correction: str = option(
+        "exact", "mosaic: importance correction for samples drawn with ad_sampling rather than "
+        "from the model itself: 'exact' weights each sample by pi_ref(y) / q(y) (q scored under "
+        "the sampling temperature, top-k and top-p), so the selection targets "
+        "pi_ref(y) exp(R(y)/tau); 'none' uses softmax(R/tau) over the samples (targets "
+        "q(y) exp(R(y)/tau)).", choices=["exact", "none"])
     mosaic_payment: str = option("first_price", "mosaic payment per click: 'first_price' or "
                                  "'rochet' (MOSAIC's own rule, per unit of expected reward).",
                                  choices=["first_price", "rochet"])

@@ -358,6 +358,19 @@ def test_score_empty_continuation(lm: TransformersLM) -> None:
     assert got[1] == pytest.approx(lm.score([PROMPTS[1]], ["some words"])[0], abs=1e-4)
 
 
+def test_score_under_sampling_params(lm: TransformersLM) -> None:
+    prompts = [p for p, _ in SCORE_CASES]
+    continuations = [c for _, c in SCORE_CASES]
+    plain = lm.score(prompts, continuations)
+    # T = 1 without truncation is the model itself; a proposal at T < 1 with top-k differs.
+    own = lm.score(prompts, continuations, SamplingParams(temperature=1.0, top_k=0, top_p=1.0))
+    np.testing.assert_allclose(own, plain, atol=1e-4)
+    tempered = lm.score(prompts, continuations, SamplingParams(temperature=0.7, top_k=20,
+                                                               top_p=0.8))
+    assert tempered.shape == plain.shape and np.isfinite(tempered).all()
+    assert not np.allclose(tempered, plain, atol=1e-2)
+
+
 def test_score_empty_batch(lm: TransformersLM) -> None:
     assert lm.score([], []).shape == (0,)
 
@@ -597,3 +610,38 @@ def test_cascade_generation_equals_copied_prefix(model, tokenizer, lm: Transform
     params = SamplingParams(temperature=0.7, top_k=20, max_new_tokens=12, seed=3)
     assert texts(lm.generate(PROMPTS, params)) == texts(copied.generate(PROMPTS, params))
     assert texts(lm.generate(PROMPTS, GREEDY)) == texts(copied.generate(PROMPTS, GREEDY))
+
+
+# --- proposal_logprobs: the sampler's own distribution -----------------------------------------
+
+@pytest.mark.parametrize("temp,top_k,top_p", [(0.7, 0, 1.0), (0.7, 4, 0.8), (2.0, 3, 1.0),
+                                              (1.0, 0, 0.6)])
+def test_proposal_logprobs_are_the_sampling_frequencies(temp, top_k, top_p) -> None:
+    logits = LOGITS
+    targets = torch.arange(logits.shape[-1])[None, :, None]  # every token as a target
+    q = hf.proposal_logprobs(logits[:, None].expand(1, logits.shape[-1], -1), targets[..., 0],
+                             SamplingParams(temperature=temp, top_k=top_k, top_p=top_p)).exp()[0]
+    n = 6000
+    got = draw(logits, temp, top_k, top_p, seed=3, rows=n)
+    freq = np.bincount(got.numpy(), minlength=logits.shape[-1]) / n
+    kept = freq > 0
+    # Kept tokens: q matches the sampler's frequencies and sums to one over them.
+    np.testing.assert_allclose(q.numpy()[kept], freq[kept], atol=0.025)
+    assert float(q[torch.from_numpy(kept)].sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_proposal_logprobs_greedy_and_vllm_agree() -> None:
+    from llmauction_sim.lm.vllm import proposal_logprob
+
+    logits = torch.randn(1, 5, 40, generator=torch.Generator().manual_seed(1))
+    targets = logits.topk(3, -1).indices[..., 1]  # the second-best token at every position
+    greedy = hf.proposal_logprobs(logits, targets, SamplingParams(temperature=0.0))
+    assert torch.isinf(greedy).all()
+    params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
+    ours = float(hf.proposal_logprobs(logits, targets, params).sum())
+    # vLLM's prompt log-probs (raw log-softmax, top-k listed) give the same proposal.
+    raw = torch.log_softmax(logits[0], -1)
+    listed = [None] + [{int(t): float(raw[i, t]) for t in raw[i].topk(5).indices}
+                       | {int(targets[0, i]): float(raw[i, targets[0, i]])} for i in range(5)]
+    ids = [0] + targets[0].tolist()
+    assert proposal_logprob(listed, ids, 1, params) == pytest.approx(ours, abs=1e-4)

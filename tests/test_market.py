@@ -349,6 +349,27 @@ def test_surrogate_rounds_between_llm_rounds_train_the_bidders(tmp_path, package
     assert np.mean(np.abs(fast - 1.0)) > np.mean(np.abs(plain - 1.0))
 
 
+def test_surrogate_rounds_give_utility_maximizers_full_information(packaged_catalog, resources):
+    """An LLM round gives a utility maximizer bandit feedback (one factor's utility); surrogate
+    rounds give every factor's expected utility, the others' bids fixed (Hedge)."""
+    profiles, queries = small_data(packaged_catalog)
+
+    def learned(c):
+        market = AdMarket(c, profiles, queries, **resources(c))
+        market.step()
+        ums = [a.policy.policy for a in market.advertisers.values()
+               if a.policy.name == "utility_maximizer" and a.auctions]
+        return [int((p.cum_utility != 0).sum()) for p in ums], market
+
+    bandit, _ = learned(config(steps=1, bidding="vm:50,um:50"))
+    assert bandit and max(bandit) <= 1
+    full, market = learned(config(steps=1, bidding="vm:50,um:50", surrogate_rounds=3,
+                                  surrogate_auctions=32))
+    grid = next(a.policy.grid for a in market.advertisers.values()
+                if a.policy.name == "utility_maximizer")
+    assert max(full) > len(grid) // 2
+
+
 def test_equilibrium_in_the_llm_market(tmp_path, packaged_catalog, resources):
     from llmauction_sim.market.equilibrium import market_config, run_market_equilibrium
 

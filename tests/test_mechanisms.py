@@ -181,9 +181,10 @@ class ScriptedLM:
         return [[Completion(self.answer(prompt, j), 5, True) for j in range(p.n)]
                 for prompt, p in zip(prompts, params)]
 
-    def score(self, prompts, continuations):
+    def score(self, prompts, continuations, params=None):
         self.calls.append(("score", len(prompts), []))
-        return -np.array([float(len(c)) for c in continuations])
+        scale = 1.0 if params is None else 0.5  # the proposal: a sharper distribution
+        return -scale * np.array([float(len(c)) for c in continuations])
 
 
 class FixedClickModel:
@@ -259,7 +260,8 @@ def test_mosaic_one_batched_call_and_selection(auction, packaged_catalog) -> Non
     mech = MosaicMechanism(lm, clicks, SamplingConfig(), PenaltyConfig(), packaged_catalog.ids,
                            samples=4, tau=0.01)
     allocs = mech.allocate([request, request], np.random.default_rng(1))
-    assert [c[:2] for c in lm.calls] == [("generate", 2), ("score", 8)]
+    # One generate call; the samples scored under the model and under the proposal (T = 0.7).
+    assert [c[:2] for c in lm.calls] == [("generate", 2), ("score", 8), ("score", 8)]
     assert lm.calls[0][2] == [4, 4] and clicks.calls == 1
     for a in allocs:
         assert isinstance(a, MosaicAllocation) and len(a.rewards) == 4
@@ -282,9 +284,33 @@ def test_mosaic_large_tau_is_uniform_over_samples(auction, packaged_catalog) -> 
     texts = ["Train slowly and rest.", woven(ads[0])]
     mech = MosaicMechanism(ScriptedLM(lambda p, j: texts[j % 2]), FixedClickModel(pctr),
                            SamplingConfig(), PenaltyConfig(), packaged_catalog.ids,
-                           samples=2, tau=1e9)
+                           samples=2, tau=1e9, correction="none")
     (a,) = mech.allocate([request], np.random.default_rng(0))
     assert a.weights == pytest.approx((0.5, 0.5))
+
+
+def test_mosaic_importance_weights_correct_for_the_proposal(auction, packaged_catalog) -> None:
+    request, ads, pctr = auction
+    texts = ["Train slowly and rest.", woven(ads[0])]
+    lm = ScriptedLM(lambda p, j: texts[j % 2])
+    mech = MosaicMechanism(lm, FixedClickModel(pctr), SamplingConfig(), PenaltyConfig(),
+                           packaged_catalog.ids, samples=2, tau=2.0)
+    (a,) = mech.allocate([request], np.random.default_rng(0))
+    # w ~ exp(R/tau) pi_ref / q with log pi_ref = -len, log q = -len/2 (ScriptedLM).
+    log_ratio = -0.5 * np.array([len(t) for t in texts], float)
+    expected = np.exp(np.array(a.rewards) / 2.0 + log_ratio)
+    assert a.weights == pytest.approx(tuple(expected / expected.sum()))
+    assert a.log_ratio == pytest.approx(tuple(log_ratio))
+    assert 1.0 <= a.effective_samples < 2.0
+    # Sampling from the model itself (T = 1, no truncation): no proposal to correct for.
+    own = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0)
+    lm.calls.clear()
+    mech = MosaicMechanism(lm, FixedClickModel(pctr), own, PenaltyConfig(),
+                           packaged_catalog.ids, samples=2, tau=2.0)
+    (b,) = mech.allocate([request], np.random.default_rng(0))
+    assert [c[0] for c in lm.calls] == ["generate", "score"] and b.log_ratio == ()
+    assert b.weights == pytest.approx(tuple(np.exp(np.array(b.rewards) / 2.0)
+                                            / np.exp(np.array(b.rewards) / 2.0).sum()))
 
 
 def test_registry_and_llm_auction_equals_pretrained(auction, packaged_catalog) -> None:

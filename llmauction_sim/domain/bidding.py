@@ -9,7 +9,10 @@ updated from the round's outcome. Policies, registered by name (see `make_policy
 - ``value_maximizer`` (VM): maximizes value ``V = sum v*x`` subject to ``V >= tau * spend`` (target ROI
   tau) and, optionally, ``spend <= budget`` per round. Like an auto-bidder it starts at ``m = 1`` and
   paces the multiplier on the tightest constraint's relative slack
-  ``e = min((V - tau*P) / max(V, tau*P), (B - P) / B)`` (``e = 1`` when nothing was won):
+  ``e = min((V - tau*P) / max(V, tau*P), (B - P) / B)``. A round that won nothing says nothing
+  about the ROI, so it leaves the multiplier alone (``e = 0``, or the budget slack when there is a
+  budget): counting it as room to bid more (``e = 1``) makes a bidder that wins rarely, as in a
+  market with many bidders, raise its bid until it wins half the rounds, far past the ROI target.
   ``dual``: ``log m += lr * e`` (dual-gradient / multiplicative pacing);
   ``pid``:  ``log m = log m0 + kp*e_t + ki*sum(e) + kd*(e_t - e_{t-1})``.
   Under first price per click ``V / P = 1 / m``, so the ROI constraint binds at ``m = 1/tau``: the
@@ -209,7 +212,7 @@ class ValueMaximizer(BiddingPolicy):
         """Relative slack of the tightest constraint, in [-1, 1] (positive: room to bid more)."""
         v, p = feedback.value, self._tau * feedback.spend
         denom = np.maximum(v, p)
-        error = np.where(denom > 0, (v - p) / np.where(denom > 0, denom, 1.0), 1.0)
+        error = np.where(denom > 0, (v - p) / np.where(denom > 0, denom, 1.0), 0.0)
         if self._budget is not None:
             error = np.minimum(error, np.clip((self._budget - feedback.spend) / self._budget,
                                               -1.0, 1.0))

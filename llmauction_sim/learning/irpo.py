@@ -16,7 +16,12 @@ under ``OUT/epoch-{t}/`` and then records itself in ``OUT/state.json`` as the la
    full model, and ``dpo.json``. With no pairs the phase is skipped and the policy kept.
 6. ``evaluate`` - the policy on the test auctions -> ``eval/`` and one row of ``OUT/epochs.parquet``.
 
-Epoch 0 is an ``evaluate`` of the starting policy. With ``resume=True`` the run restarts at the phase
+Epoch 0 is an ``evaluate`` of the starting policy. When ``OUT/epoch-{t}/market.parquet`` exists
+(written by the joint market schedule, market/joint.py), epoch t trains on the market instead: its
+training auctions are the market's logged auctions with the advertisers' bids, and ``collect``
+takes the market's answers and clicks rather than deploying the policy again.
+
+With ``resume=True`` the run restarts at the phase
 after the last completed one; completed phases' outputs are loaded, not recomputed, and the policy is
 rebuilt from the newest saved adapter.
 """
@@ -67,6 +72,9 @@ class IrpoRun:
     base_model: Any = None
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    done: tuple[int, int] = (-1, -1)  # (epoch, phase index) of the last completed phase
+    seconds: dict[str, float] = field(default_factory=dict)
+    _profiles: dict | None = None
 
     def epoch_dir(self, t: int) -> Path:
         path = self.out / f"epoch-{t}"
@@ -80,6 +88,20 @@ class IrpoRun:
     def set_policy(self, model) -> None:
         self.model = model
         self.lm = self.make_lm(model, self.tokenizer)
+
+    def profile(self, user_id: str):
+        if self._profiles is None:
+            from llmauction_sim.data import load_dataset
+            from llmauction_sim.domain.users import profiles_from_frame
+
+            self._profiles = {p.user_id: p for p in profiles_from_frame(load_dataset(self.data)[0])}
+        return self._profiles[user_id]
+
+    def finish(self, t: int, phase: str, elapsed: float) -> None:
+        """Record phase `phase` of epoch t as completed (OUT/state.json)."""
+        self.seconds[str(t)] = self.seconds.get(str(t), 0.0) + elapsed
+        self.done = (t, PHASES.index(phase))
+        _write_json(self.out / STATE, {"epoch": t, "phase": phase, "seconds": self.seconds})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,10 +143,31 @@ def _with_bids(config: RunConfig, auctions, rng: np.random.Generator) -> list:
     return out
 
 
+MARKET_LOG = "market.parquet"
+
+
+def market_log(run: IrpoRun, t: int) -> pd.DataFrame | None:
+    """The market rounds epoch t trains on (the `queries.parquet` rows of a market run), if any."""
+    path = run.out / f"epoch-{t}" / MARKET_LOG
+    return pd.read_parquet(path) if path.is_file() else None
+
+
 def epoch_requests(run: IrpoRun, t: int) -> list:
-    """The training auctions of epoch t: fixed queries and candidates, integer bids redrawn from a
+    """The training auctions of epoch t: the market's logged auctions with their bids when epoch t
+    trains on a market; otherwise fixed queries and candidates with integer bids redrawn from a
     generator seeded by (seed, t)."""
-    return _with_bids(run.config, run.train, np.random.default_rng([run.config.seed, _BIDS, t]))
+    from llmauction_sim.mechanisms import AuctionRequest
+
+    log = market_log(run, t)
+    if log is None:
+        return _with_bids(run.config, run.train,
+                          np.random.default_rng([run.config.seed, _BIDS, t]))
+    # A query can be asked more than once: the row number keeps each auction's id unique.
+    return [AuctionRequest(f"{qid}#{i}", run.profile(uid), text,
+                           tuple(run.catalog.by_id(a) for a in cands),
+                           {k: float(v) for k, v in json.loads(bids).items()})
+            for i, (qid, uid, text, cands, bids) in enumerate(zip(
+                log["query_id"], log["user_id"], log["query"], log["candidates"], log["bids"]))]
 
 
 def _prompts(requests) -> list:
@@ -173,23 +216,40 @@ def _judge(run: IrpoRun, requests, responses, rng: np.random.Generator):
 def collect_phase(run: IrpoRun, t: int) -> pd.DataFrame:
     """Deploy the policy on the training auctions and judge clicks -> the epoch's click log."""
     cfg = run.config
-    flat_req, flat_resp, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query, _COLLECT)
-    reports, decisions = _judge(run, flat_req, flat_resp,
-                                np.random.default_rng([cfg.seed, _COLLECT_CLICKS, t]))
     rows = []
-    for r, k, text, rep, d in zip(flat_req, sample_ids, flat_resp, reports, decisions):
-        for ad_id in rep.exposed_ids:
-            rows.append({"epoch": t, "query_id": r.query_id, "sample": k,
-                         "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
-                         "response": text, "clicked": int(ad_id in d.clicked),
-                         "bid": float(r.bids[ad_id]),
-                         "click_probability": float(d.probabilities.get(ad_id, math.nan))})
+    market = market_log(run, t)
+    if market is not None:  # the market already deployed the policy and judged the clicks
+        for r, text, exposed, clicked, probs in zip(
+                epoch_requests(run, t), market["response"], market["exposed"],
+                market["clicked"], market["click_probabilities"]):
+            probs = json.loads(probs)
+            for ad_id in exposed:
+                rows.append({"epoch": t, "query_id": r.query_id, "sample": 0,
+                             "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
+                             "response": text, "clicked": int(ad_id in set(clicked)),
+                             "bid": float(r.bids[ad_id]),
+                             "click_probability": float(probs.get(ad_id, math.nan))})
+        responses = len(market)
+    else:
+        flat_req, flat_resp, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query,
+                                                         _COLLECT)
+        reports, decisions = _judge(run, flat_req, flat_resp,
+                                    np.random.default_rng([cfg.seed, _COLLECT_CLICKS, t]))
+        for r, k, text, rep, d in zip(flat_req, sample_ids, flat_resp, reports, decisions):
+            for ad_id in rep.exposed_ids:
+                rows.append({"epoch": t, "query_id": r.query_id, "sample": k,
+                             "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
+                             "response": text, "clicked": int(ad_id in d.clicked),
+                             "bid": float(r.bids[ad_id]),
+                             "click_probability": float(d.probabilities.get(ad_id, math.nan))})
+        responses = len(flat_resp)
     columns = ["epoch", "query_id", "sample", "user_id", "ad_id", "query", "response", "clicked",
                "bid", "click_probability"]
     log = pd.DataFrame(rows, columns=columns)
     _write_parquet(log, run.epoch_dir(t) / "clicks.parquet")
     _write_json(run.epoch_dir(t) / "collect.json",
-                {"responses": len(flat_resp), "exposures": len(log),
+                {"responses": responses, "source": "market" if market is not None else "policy",
+                 "exposures": len(log),
                  "clicks": int(log["clicked"].sum()) if len(log) else 0})
     return log
 
@@ -618,19 +678,11 @@ def _position(state: dict | None) -> tuple[int, int]:
     return (int(state["epoch"]), PHASES.index(state["phase"]))
 
 
-def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
-             progress: bool = True, data: str | os.PathLike | None = None,
-             **resources) -> pd.DataFrame:
-    """Run `config.irpo.epochs` IRPO epochs into `out`; return the epochs table (epoch 0 = the
-    starting policy). `resume=True` continues after the last completed phase in OUT/state.json.
-
-    Resources (all optional): ``model`` and ``tokenizer`` (the HF policy, trained in place;
-    default: a fresh load of ``config.ad_llm``), ``ad_lm`` (a `TransformersLM` whose model is
-    copied and tokenizer used),
-    ``judge`` (click judge), ``retriever``, ``catalog``, ``pctr_encoder`` (encoder of the pCTR
-    model), ``make_lm(model, tokenizer)`` (wraps the policy for generation; default
-    `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
-    """
+def open_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
+              progress: bool = True, data: str | os.PathLike | None = None,
+              **resources) -> IrpoRun:
+    """Set up (or, with `resume=True`, reopen) the IRPO run in `out` without running a phase:
+    the policy is the starting one, or the newest saved one when resuming. See `run_irpo`."""
     out = Path(out)
     state_path = out / STATE
     state = _read_json(state_path) if resume else None
@@ -640,29 +692,31 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config.to_dict())
     run = _setup(config, out, progress, data, resources)
-    done = _position(state)
-    seconds: dict[str, float] = dict((state or {}).get("seconds", {}))
+    run.done = done = _position(state)
+    run.seconds = dict((state or {}).get("seconds", {}))
     if done >= (0, PHASES.index("warmstart")):
         restore_warmstart(run)
     if done >= (1, 0):
         last_dpo = done[0] if done[1] >= PHASES.index("dpo") else done[0] - 1
         restore_policy(run, last_dpo)
+    return run
 
-    def finish(t: int, phase: str, elapsed: float) -> None:
-        seconds[str(t)] = seconds.get(str(t), 0.0) + elapsed
-        _write_json(state_path, {"epoch": t, "phase": phase, "seconds": seconds})
 
+def advance(run: IrpoRun, through: int) -> None:
+    """Run every phase not yet completed up to the end of epoch `through` (0: the warm start and
+    the starting policy's evaluation)."""
+    config, done = run.config, run.done
     if config.warmstart.queries and done < (0, PHASES.index("warmstart")):
         start = time.perf_counter()
         run.say(f"epoch 0: format warm start on {config.warmstart.queries} training auctions")
         warmstart_phase(run)
-        finish(0, "warmstart", time.perf_counter() - start)
+        run.finish(0, "warmstart", time.perf_counter() - start)
     if done < (0, PHASES.index("evaluate")):
         start = time.perf_counter()
         run.say("epoch 0: evaluating the starting policy")
         evaluate_phase(run, 0, 0.0)
-        finish(0, "evaluate", time.perf_counter() - start)
-    for t in range(1, config.irpo.epochs + 1):
+        run.finish(0, "evaluate", time.perf_counter() - start)
+    for t in range(1, through + 1):
         values: dict[str, Any] = {}
         for i, phase in enumerate(PHASES):
             if phase == "warmstart":
@@ -690,6 +744,23 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
             elif phase == "dpo":
                 dpo_phase(run, t, values["pairs"])
             else:
-                evaluate_phase(run, t, seconds.get(str(t), 0.0))
-            finish(t, phase, time.perf_counter() - start)
-    return pd.read_parquet(out / EPOCHS)
+                evaluate_phase(run, t, run.seconds.get(str(t), 0.0))
+            run.finish(t, phase, time.perf_counter() - start)
+
+
+def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
+             progress: bool = True, data: str | os.PathLike | None = None,
+             **resources) -> pd.DataFrame:
+    """Run `config.irpo.epochs` IRPO epochs into `out`; return the epochs table (epoch 0 = the
+    starting policy). `resume=True` continues after the last completed phase in OUT/state.json.
+
+    Resources (all optional): ``model`` and ``tokenizer`` (the HF policy, trained in place;
+    default: a fresh load of ``config.ad_llm``), ``ad_lm`` (a `TransformersLM` whose model is
+    copied and tokenizer used),
+    ``judge`` (click judge), ``retriever``, ``catalog``, ``pctr_encoder`` (encoder of the pCTR
+    model), ``make_lm(model, tokenizer)`` (wraps the policy for generation; default
+    `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
+    """
+    run = open_irpo(config, out, resume=resume, progress=progress, data=data, **resources)
+    advance(run, config.irpo.epochs)
+    return pd.read_parquet(Path(out) / EPOCHS)

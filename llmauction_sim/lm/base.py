@@ -68,9 +68,18 @@ class LanguageModel(Protocol):
         """One list of `params.n` completions per prompt, in prompt order."""
         ...
 
-    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
-        """Sum of log-probabilities of each continuation as the assistant's reply to its prompt."""
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str],
+              params: SamplingParams | None = None) -> np.ndarray:
+        """Sum of log-probabilities of each continuation as the assistant's reply to its prompt:
+        under the model itself, or with `params` under the sampling distribution they define
+        (temperature, then top-k, then top-p, as `generate` samples): the proposal probability
+        an importance weight divides by."""
         ...
+
+
+def samples_from_model(params: SamplingParams) -> bool:
+    """True when `params` sample from the model's own distribution (T = 1, no truncation)."""
+    return params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0
 
 
 def expand_params(params: SamplingParams | Sequence[SamplingParams], count: int

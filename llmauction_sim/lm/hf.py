@@ -412,7 +412,8 @@ class TransformersLM:
     # scoring
     # ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str],
+              params: SamplingParams | None = None) -> np.ndarray:
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} "
                              "continuations; pass one continuation per prompt")
@@ -440,9 +441,12 @@ class TransformersLM:
             # Left padding puts every continuation at the right edge: only those logits are needed.
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 logits_to_keep=cmax + 1).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1)
             targets = ids[:, width - cmax:]
-            token_lp = logp.gather(-1, targets[..., None]).squeeze(-1)
+            if params is None:
+                token_lp = torch.log_softmax(logits, dim=-1).gather(
+                    -1, targets[..., None]).squeeze(-1)
+            else:
+                token_lp = proposal_logprobs(logits, targets, params)
             for r, i in enumerate(chunk):
                 c = len(pairs[i][1])
                 result[i] = float(token_lp[r, cmax - c:].sum()) if c else 0.0
@@ -482,6 +486,33 @@ def token_uniforms(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> t
     """
     h = _mix64(seeds[:, None] ^ _mix64(token_ids * _GOLDEN + step))
     return (_shr(h, 11).double() + 0.5) / 2.0**53
+
+
+def proposal_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                      params: SamplingParams) -> torch.Tensor:
+    """log q(target) per position under `sample_tokens`' distribution for `params`: softmax of
+    logits / T over the top-k tokens, cut to the smallest prefix reaching mass top_p.
+
+    A target outside the kept set (possible only at the set's edge, where the decode and the
+    scoring pass differ in rounding) gets its tempered, untruncated log-probability instead of
+    -inf, so an importance weight never divides by zero.
+    """
+    vocab = logits.shape[-1]
+    if params.temperature <= 0:  # greedy: the argmax has probability one
+        return torch.where(logits.argmax(-1) == targets, 0.0, float("-inf"))
+    scaled = logits / params.temperature
+    k = min(params.top_k, vocab) if params.top_k > 0 else vocab
+    vals, idx = scaled.topk(k, dim=-1)  # sorted, descending
+    probs = torch.softmax(vals, dim=-1)
+    before = probs.cumsum(-1) - probs
+    kept = vals.masked_fill(before >= params.top_p, float("-inf"))
+    logq = torch.log_softmax(kept, dim=-1)
+    match = idx == targets[..., None]
+    inside = match.any(-1) & torch.isfinite(
+        logq.gather(-1, match.float().argmax(-1, keepdim=True)).squeeze(-1))
+    lp = logq.gather(-1, match.float().argmax(-1, keepdim=True)).squeeze(-1)
+    fallback = torch.log_softmax(scaled, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return torch.where(inside, lp, fallback)
 
 
 def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,

@@ -45,6 +45,32 @@ def continuation_logprob(prompt_logprobs: Sequence[Any], token_ids: Sequence[int
     return total
 
 
+def proposal_logprob(prompt_logprobs: Sequence[Any], token_ids: Sequence[int], start: int,
+                     params: SamplingParams) -> float:
+    """Sum of log q(token) under `params`' sampling distribution, from prompt log-probs that list
+    (at least) the top `params.top_k` tokens per position: softmax of logprob / T over those,
+    cut to the smallest prefix reaching mass top_p (log-softmax is shift-invariant, so raw
+    log-probs stand in for logits). A token outside the kept set gets its tempered log-prob."""
+    total = 0.0
+    for pos in range(start, len(token_ids)):
+        entries = {int(t): float(getattr(e, "logprob", e))
+                   for t, e in prompt_logprobs[pos].items()}
+        ranked = sorted(entries.items(), key=lambda kv: -kv[1])[:params.top_k]
+        scaled = np.array([v for _, v in ranked]) / params.temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        kept = {t: p for (t, _), p, b in zip(ranked, probs, before) if b < params.top_p}
+        mass = sum(kept.values())
+        token = int(token_ids[pos])
+        if token in kept:
+            total += float(np.log(kept[token] / mass))
+        else:  # tempered, untruncated (normaliser over the listed tokens)
+            total += float(entries[token] / params.temperature
+                           - np.logaddexp.reduce(scaled))
+    return total
+
+
 class VLLMModel:
     """`LanguageModel` over `vllm.LLM` (offline batched generation and prompt log-probs)."""
 
@@ -77,7 +103,13 @@ class VLLMModel:
             k += p.n
         return results
 
-    def score(self, prompts: Sequence[Chat], continuations: Sequence[str]) -> np.ndarray:
+    def score(self, prompts: Sequence[Chat], continuations: Sequence[str],
+              params: SamplingParams | None = None) -> np.ndarray:
+        if params is not None and (params.temperature <= 0 or params.top_k <= 0):
+            raise ValueError("vLLM scores a sampling distribution from the top-k prompt "
+                             "log-probs, so it needs temperature > 0 and top_k > 0 (got "
+                             f"temperature={params.temperature}, top_k={params.top_k}); set "
+                             "ad_sampling.top_k, or mechanisms.mosaic_correction = 'none'")
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} "
                              "continuations; pass one continuation per prompt")
@@ -87,8 +119,13 @@ class VLLMModel:
             starts.append(len(ids))
             requests.append({"prompt_token_ids": ids + self.tokenizer(
                 cont, add_special_tokens=False)["input_ids"]})
-        params = self.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        request = self.vllm.SamplingParams(max_tokens=1, temperature=0.0,
+                                           prompt_logprobs=params.top_k if params else 0)
+        outputs = self.llm.generate(requests, request, use_tqdm=False) if requests else []
+        if params is not None:
+            return np.array([proposal_logprob(o.prompt_logprobs, r["prompt_token_ids"], s,
+                                              params)
+                             for o, r, s in zip(outputs, requests, starts)])
         return np.array([continuation_logprob(o.prompt_logprobs, r["prompt_token_ids"], s)
                          for o, r, s in zip(outputs, requests, starts)])
 

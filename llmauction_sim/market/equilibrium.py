@@ -35,19 +35,35 @@ def market_config(config: RunConfig, mechanism: str, advertisers: str, rounds: i
 def run_market_equilibrium(config: RunConfig, out: str | Path, *, resume: bool = False,
                            progress: bool = True, **resources) -> dict:
     """Run the market of `market_config(...)` into OUT/market; write OUT/rounds.parquet and
-    OUT/summary.json; return the summary."""
-    from llmauction_sim.domain.catalog import load_catalog
+    OUT/summary.json; return the summary. With `market.rounds_per_epoch` > 0 the Ad-LLM is
+    retrained by IRPO inside the market (market/joint.py)."""
+    out = Path(out)
+    entries, sub = population_catalog(config, resources.pop("catalog", None))
+    if config.market.rounds_per_epoch:
+        from llmauction_sim.market.joint import run_joint
+
+        return run_joint(config, out, sub, resume=resume, progress=progress, **resources)
     from llmauction_sim.market import simulate
 
-    out = Path(out)
+    simulate(config, out / "market", resume=resume, progress=progress, catalog=sub, **resources)
+    return write_outputs(config, out, entries, sub)
+
+
+def population_catalog(config: RunConfig, catalog=None):
+    """(population entries, the catalog cut to the population's size)."""
+    from llmauction_sim.domain.catalog import load_catalog
+
     entries = parse_population(config.market.bidding)
     size = sum(e.num_copies for e in entries)
-    catalog = resources.pop("catalog", None) or load_catalog(config.data.catalog)
+    catalog = catalog or load_catalog(config.data.catalog)
     if size > len(catalog):
         raise ConfigError(f"--advertisers has {size} advertisers but the catalog has "
                           f"{len(catalog)} ads; use at most {len(catalog)}")
-    sub = catalog[:size]
-    simulate(config, out / "market", resume=resume, progress=progress, catalog=sub, **resources)
+    return entries, catalog[:size]
+
+
+def write_outputs(config: RunConfig, out: Path, entries, sub, **extra) -> dict:
+    """OUT/rounds.parquet and OUT/summary.json (plus `extra` keys) from the run in OUT/market."""
     adv = pd.read_parquet(out / "market" / "advertisers.parquet")
     types = [e.type for e in entries for _ in range(e.num_copies)]
     taus = [float(e.params.get("tau", 1.25)) if e.type == "value_maximizer" else 1.0
@@ -95,7 +111,7 @@ def run_market_equilibrium(config: RunConfig, out: str | Path, *, resume: bool =
                "revenue": float(rounds["spend"].sum()), "welfare": float(rounds["value"].sum()),
                "revenue_per_query": float(metrics["revenue_per_query"].mean()),
                "units": "revenue, welfare and utility are totals over the run's LLM rounds; "
-                        "regret is null: the LLM market has no counterfactual outcomes"}
+                        "regret is null: the LLM market has no counterfactual outcomes", **extra}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 

@@ -3,9 +3,11 @@
 market's per-advertiser `BidPolicy`.
 
 A learner bids ``multiplier x value per click`` (clipped to the market's bid range) in every
-auction of a round and updates once per round from the round's value and spend. The LLM market
-cannot say what another bid would have won, so utility maximizers learn from bandit feedback
-(EXP3 on the played factor).
+auction of a round and updates once per round from the round's value and spend. An LLM round
+cannot say what another bid would have won, so there utility maximizers learn from bandit feedback
+(EXP3 on the played factor); in surrogate rounds the allocation surrogate says it (expected value
+and spend at every factor of the grid, the others' bids fixed), so there they learn from full
+information (Hedge).
 
 `market.bidding` takes one policy name for every advertiser (``value_maximizer``, ``vm``, ...) or a
 population like ``"vm:50,um:50"`` (AuctionGym style; copies are assigned in catalog order and must
@@ -37,6 +39,19 @@ class LearningBidder:
     def _reset_round(self) -> None:
         self.in_round = False
         self.value = self.spend = self.clicks = self.max_value = 0.0
+        self.cf_value = self.cf_spend = None
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The learner's shading factors (bid = factor x value per click)."""
+        return self.policy.grid
+
+    def observe_counterfactual(self, cf_value: np.ndarray, cf_spend: np.ndarray) -> None:
+        """Add one auction's value and spend at every factor of the grid (others' bids fixed)."""
+        if self.cf_value is None:
+            self.cf_value, self.cf_spend = np.zeros(len(cf_value)), np.zeros(len(cf_spend))
+        self.cf_value += cf_value
+        self.cf_spend += cf_spend
 
     def bid(self, advertiser, request_context, rng) -> float:
         if not self.in_round:
@@ -53,9 +68,11 @@ class LearningBidder:
 
     def end_round(self, advertiser) -> None:
         if self.in_round:
+            cf = (None, None) if self.cf_value is None else (self.cf_value[None],
+                                                             self.cf_spend[None])
             self.policy.update(RoundFeedback(np.array([self.value]), np.array([self.spend]),
                                              np.array([float(self.clicks)]),
-                                             np.array([self.max_value])))
+                                             np.array([self.max_value]), *cf))
         self._reset_round()
 
     def state(self) -> dict:

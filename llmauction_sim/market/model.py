@@ -110,6 +110,7 @@ class AdMarket(mesa.Model):
         self.round_records: list[dict] = []
         self.history: list[pd.DataFrame] = []  # every LLM round's records (the surrogate's data)
         self.surrogate_rounds_run = 0
+        self.surrogate = None  # the allocation surrogate of the latest surrogate rounds
         self.timings: dict[str, float] = {}
         self.datacollector = mesa.DataCollector(
             model_reporters=MODEL_REPORTERS,
@@ -186,7 +187,8 @@ class AdMarket(mesa.Model):
 
     def run_surrogate_rounds(self) -> int:
         """`market.surrogate_rounds` bidding rounds on the allocation surrogate fitted to every LLM
-        round so far (market/surrogate.py); returns how many ran (0 before any ad was exposed).
+        round so far (to the current Ad-LLM's rounds when `market.rounds_per_epoch` retrains it;
+        market/surrogate.py); returns how many ran (0 before any ad was exposed).
         Their outcomes reach the bid policies only; the advertisers' totals count LLM rounds."""
         from llmauction_sim.market.agents import AuctionOutcome
         from llmauction_sim.market.surrogate import AllocationSurrogate, auctions_from_log
@@ -194,7 +196,11 @@ class AdMarket(mesa.Model):
         market = self.config.market
         if not market.surrogate_rounds:
             return 0
-        logged = auctions_from_log(pd.concat(self.history, ignore_index=True), self.catalog.ids)
+        history = self.history
+        if market.rounds_per_epoch:  # the Ad-LLM changes every K rounds: fit the current one
+            history = history[(self.steps - 1) // market.rounds_per_epoch
+                              * market.rounds_per_epoch:]
+        logged = auctions_from_log(pd.concat(history, ignore_index=True), self.catalog.ids)
         try:
             surrogate = AllocationSurrogate(len(self.catalog)).fit(logged)
         except ValueError:
@@ -217,6 +223,15 @@ class AdMarket(mesa.Model):
                 agent, bid, c = agents[ads[i, j]], float(bids[i, j]), int(clicked[i, j])
                 agent.policy.observe(agent, AuctionOutcome(bid, bool(exposed[i, j]), c, bid * c,
                                                            agent.value_per_click * c))
+                if hasattr(agent.policy, "observe_counterfactual"):
+                    cf_bids = np.clip(agent.policy.grid * agent.value_per_click,
+                                      market.bid_low, market.bid_high)
+                    trial = np.repeat(bids[i:i + 1], len(cf_bids), axis=0)
+                    trial[:, j] = cf_bids
+                    clicks = surrogate.itctr(np.repeat(ads[i:i + 1], len(cf_bids), axis=0),
+                                             trial)[:, j]  # expected, first price per click
+                    agent.policy.observe_counterfactual(agent.value_per_click * clicks,
+                                                        cf_bids * clicks)
             for agent in agents:
                 end_round = getattr(agent.policy, "end_round", None)
                 if end_round is not None:

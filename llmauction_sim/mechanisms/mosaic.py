@@ -5,10 +5,13 @@ Per query: sample M answers from the Ad-LLM in ONE generate call (n = M), score 
     R(y) = sum over validly exposed ads i of b_i pCTR_i(y) - lambda s_resp(y)
 
 (pCTR from the click model, inside the actual answer), read log pi_ref(y) with the model's own
-`score`, and select one answer with probability softmax(R/tau) over the samples: the
-self-normalised importance weights for the target pi_ref(y) exp(R(y)/tau) when the samples come
-from pi_ref (see `analysis.mosaic_weights` for the derivation). As M grows the selection converges
-to the KL-regularised optimum with beta = tau.
+`score`, and select one answer with the self-normalised importance weights for the target
+pi_ref(y) exp(R(y)/tau) (`analysis.mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is
+the distribution the samples came from (ad_sampling's temperature, top-k, top-p; scored by
+`score(..., params)`). With q = pi_ref (T = 1, no truncation) this is softmax(R/tau), and
+`mechanisms.mosaic_correction = "none"` uses softmax(R/tau) whatever q is. As M grows the
+selection converges to the KL-regularised optimum with beta = tau; a proposal far from pi_ref
+makes the weights uneven (few samples carry the mass), which `effective_samples` reports.
 
 Payments per click: 'first_price' (own bid, the paper's rule) or 'rochet': with the samples held
 fixed, ad i's expected ITCTR x_i(z) as its bid z varies is non-decreasing
@@ -26,7 +29,7 @@ import numpy as np
 from llmauction_sim.analysis import mosaic_allocation_curve, mosaic_weights
 from llmauction_sim.domain.mentions import format_penalty, validate_response
 from llmauction_sim.domain.payments import first_price_per_click, myerson_payment
-from llmauction_sim.lm.base import LanguageModel, SamplingParams
+from llmauction_sim.lm.base import LanguageModel, SamplingParams, samples_from_model
 from llmauction_sim.lm.prompts import ad_llm_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
@@ -47,6 +50,13 @@ class MosaicAllocation(Allocation):
     log_ref: tuple[float, ...] = ()
     sample_pctr: tuple[dict, ...] = ()  # {ad_id: pCTR} of the valid ads of each sample
     tau: float = 1.0
+    log_ratio: tuple[float, ...] = ()  # log pi_ref(y) - log q(y) per sample (empty: none)
+
+    @property
+    def effective_samples(self) -> float:
+        """Kish's effective sample size of the selection weights, 1..M."""
+        w = np.asarray(self.weights)
+        return float(w.sum() ** 2 / (w ** 2).sum()) if len(w) else 0.0
 
 
 class MosaicMechanism:
@@ -54,9 +64,11 @@ class MosaicMechanism:
 
     def __init__(self, lm: LanguageModel, click_model, sampling, penalty, catalog_ids,
                  samples: int = 20, tau: float = 10.0, lam: float = 1.0,
-                 payment: str = "first_price"):
+                 payment: str = "first_price", correction: str = "exact"):
         if payment not in ("first_price", "rochet"):
             raise ValueError(f"unknown mosaic payment {payment!r}; use first_price or rochet")
+        if correction not in ("exact", "none"):
+            raise ValueError(f"unknown mosaic correction {correction!r}; use exact or none")
         self.lm = lm
         self.click_model = click_model
         self.sampling = sampling
@@ -66,6 +78,8 @@ class MosaicMechanism:
         self.tau = tau
         self.lam = lam
         self.payment = payment
+        proposal = SamplingParams.from_config(sampling)
+        self.proposal = None if correction == "none" or samples_from_model(proposal) else proposal
 
     @property
     def generations_per_query(self) -> int:
@@ -88,15 +102,20 @@ class MosaicMechanism:
                 flat_req.append(r)
                 flat_alloc.append(Allocation(c.text, report, format_penalty(report, self.penalty)))
         pctr = response_pctr(self.click_model, flat_req, flat_alloc)
-        log_ref = np.asarray(self.lm.score([p for p in prompts for _ in range(m)],
-                                           [a.response for a in flat_alloc]), np.float64)
+        repeated, texts = [p for p in prompts for _ in range(m)], [a.response for a in flat_alloc]
+        log_ref = np.asarray(self.lm.score(repeated, texts), np.float64)
+        log_ratio = None
+        if self.proposal is not None:
+            log_ratio = log_ref - np.asarray(self.lm.score(repeated, texts, self.proposal),
+                                             np.float64)
         result: list[Allocation] = []
         for q, r in enumerate(requests):
             sl = slice(q * m, (q + 1) * m)
             allocs, probs = flat_alloc[sl], pctr[sl]
             rewards = np.array([sum(float(r.bids[i]) * p.get(i, 0.0) for i in a.exposed_ids)
                                 - self.lam * a.penalty for a, p in zip(allocs, probs)])
-            weights = mosaic_weights(rewards, self.tau)
+            ratio = log_ratio[sl] if log_ratio is not None else None
+            weights = mosaic_weights(rewards, self.tau, ratio)
             j = int(rng.choice(m, p=weights))
             chosen = allocs[j]
             result.append(MosaicAllocation(
@@ -104,7 +123,8 @@ class MosaicMechanism:
                 rewards=tuple(map(float, rewards)), weights=tuple(map(float, weights)),
                 log_ref=tuple(map(float, log_ref[sl])),
                 sample_pctr=tuple({i: float(p.get(i, 0.0)) for i in a.exposed_ids}
-                                  for a, p in zip(allocs, probs)), tau=self.tau))
+                                  for a, p in zip(allocs, probs)), tau=self.tau,
+                log_ratio=tuple(map(float, ratio)) if ratio is not None else ()))
         return result
 
     def rochet_price(self, request: AuctionRequest, allocation: MosaicAllocation,
@@ -115,7 +135,9 @@ class MosaicMechanism:
         rewards = np.array(allocation.rewards)
 
         def x(z):
-            return mosaic_allocation_curve(rewards, ctr_i, bid, allocation.tau, np.atleast_1d(z))
+            return mosaic_allocation_curve(rewards, ctr_i, bid, allocation.tau, np.atleast_1d(z),
+                                           np.array(allocation.log_ratio) if allocation.log_ratio
+                                           else None)
 
         x_b = float(x(bid)[0])
         return myerson_payment(x, bid) / x_b if x_b > 0 else 0.0
@@ -139,7 +161,8 @@ def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None,
                                    catalog=catalog)
     m = config.mechanisms
     return MosaicMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
-                           m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment)
+                           m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment,
+                           m.mosaic_correction)
 
 
 register_mechanism("mosaic", _mosaic)
