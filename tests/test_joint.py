@@ -47,7 +47,7 @@ def data(tmp_path_factory):
 def joint_config(data, steps=5, k=2) -> RunConfig:
     cfg = RunConfig(seed=3).with_overrides([
         f"market.data={data}", "market.queries_per_step=3", f"market.rounds_per_epoch={k}",
-        "market.surrogate_rounds=5",
+        "market.surrogate_rounds=5", "irpo.delta_th=0",
         "irpo.candidates_per_prompt=3", "irpo.train_queries=4", "irpo.test_queries=2",
         "ad_sampling.max_new_tokens=8", "pctr.epochs=2", "dpo.max_steps=2", "dpo.batch_size=2",
         "dpo.learning_rate=1e-3", "dpo.max_length=512", "warmstart.queries=0",
