@@ -216,39 +216,34 @@ def _judge(run: IrpoRun, requests, responses, rng: np.random.Generator):
 def collect_phase(run: IrpoRun, t: int) -> pd.DataFrame:
     """Deploy the policy on the training auctions and judge clicks -> the epoch's click log."""
     cfg = run.config
-    rows = []
     market = market_log(run, t)
     if market is not None:  # the market already deployed the policy and judged the clicks
-        for r, text, exposed, clicked, probs in zip(
-                epoch_requests(run, t), market["response"], market["exposed"],
-                market["clicked"], market["click_probabilities"]):
-            probs = json.loads(probs)
-            for ad_id in exposed:
-                rows.append({"epoch": t, "query_id": r.query_id, "sample": 0,
-                             "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
-                             "response": text, "clicked": int(ad_id in set(clicked)),
-                             "bid": float(r.bids[ad_id]),
-                             "click_probability": float(probs.get(ad_id, math.nan))})
-        responses = len(market)
+        requests, responses = epoch_requests(run, t), list(market["response"])
+        sample_ids = [0] * len(requests)
+        exposed = list(market["exposed"])
+        clicked = [set(c) for c in market["clicked"]]
+        probs = [json.loads(p) for p in market["click_probabilities"]]
     else:
-        flat_req, flat_resp, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query,
+        requests, responses, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query,
                                                          _COLLECT)
-        reports, decisions = _judge(run, flat_req, flat_resp,
+        reports, decisions = _judge(run, requests, responses,
                                     np.random.default_rng([cfg.seed, _COLLECT_CLICKS, t]))
-        for r, k, text, rep, d in zip(flat_req, sample_ids, flat_resp, reports, decisions):
-            for ad_id in rep.exposed_ids:
-                rows.append({"epoch": t, "query_id": r.query_id, "sample": k,
-                             "user_id": r.profile.user_id, "ad_id": ad_id, "query": r.query,
-                             "response": text, "clicked": int(ad_id in d.clicked),
-                             "bid": float(r.bids[ad_id]),
-                             "click_probability": float(d.probabilities.get(ad_id, math.nan))})
-        responses = len(flat_resp)
+        exposed = [rep.exposed_ids for rep in reports]
+        clicked = [set(d.clicked) for d in decisions]
+        probs = [d.probabilities for d in decisions]
+    rows = [{"epoch": t, "query_id": r.query_id, "sample": k, "user_id": r.profile.user_id,
+             "ad_id": ad_id, "query": r.query, "response": text, "clicked": int(ad_id in c),
+             "bid": float(r.bids[ad_id]), "click_probability": float(p.get(ad_id, math.nan))}
+            for r, k, text, ads, c, p in zip(requests, sample_ids, responses, exposed, clicked,
+                                             probs)
+            for ad_id in ads]
     columns = ["epoch", "query_id", "sample", "user_id", "ad_id", "query", "response", "clicked",
                "bid", "click_probability"]
     log = pd.DataFrame(rows, columns=columns)
     _write_parquet(log, run.epoch_dir(t) / "clicks.parquet")
     _write_json(run.epoch_dir(t) / "collect.json",
-                {"responses": responses, "source": "market" if market is not None else "policy",
+                {"responses": len(responses),
+                 "source": "market" if market is not None else "policy",
                  "exposures": len(log),
                  "clicks": int(log["clicked"].sum()) if len(log) else 0})
     return log
@@ -616,7 +611,7 @@ def check_lengths(config: RunConfig, tokenizer, requests) -> None:
             f"dpo.max_length >= {need} (or fewer retrieval.num_candidates / max_new_tokens)")
 
 
-def _ensure_data(config: RunConfig, out: Path, data) -> Path:
+def ensure_data(config: RunConfig, out: Path, data) -> Path:
     """`data` when given, else a build in OUT/data big enough for the train and test queries."""
     from llmauction_sim.data import build_dataset
 
@@ -662,7 +657,7 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
                               max_batch_size=config.ad_llm.max_batch_size, seed=config.seed)
 
     make_lm = resources.get("make_lm") or default_lm
-    data_dir = _ensure_data(config, out, data)
+    data_dir = ensure_data(config, out, data)
     train = _train_auctions(config, data_dir, retriever, catalog, config.irpo.train_queries)
     check_lengths(config, tokenizer, train)
     run = IrpoRun(config, out, data_dir, train, catalog, retriever, judge, tokenizer, model,

@@ -503,16 +503,20 @@ def proposal_logprobs(logits: torch.Tensor, targets: torch.Tensor,
     scaled = logits / params.temperature
     k = min(params.top_k, vocab) if params.top_k > 0 else vocab
     vals, idx = scaled.topk(k, dim=-1)  # sorted, descending
-    probs = torch.softmax(vals, dim=-1)
-    before = probs.cumsum(-1) - probs
-    kept = vals.masked_fill(before >= params.top_p, float("-inf"))
-    logq = torch.log_softmax(kept, dim=-1)
+    logq = torch.log_softmax(_nucleus(vals, params.top_p), dim=-1)
     match = idx == targets[..., None]
-    inside = match.any(-1) & torch.isfinite(
-        logq.gather(-1, match.float().argmax(-1, keepdim=True)).squeeze(-1))
     lp = logq.gather(-1, match.float().argmax(-1, keepdim=True)).squeeze(-1)
+    inside = match.any(-1) & torch.isfinite(lp)
     fallback = torch.log_softmax(scaled, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return torch.where(inside, lp, fallback)
+
+
+def _nucleus(vals: torch.Tensor, top_p) -> torch.Tensor:
+    """`vals` (sorted descending along the last dim) with everything after the smallest prefix
+    whose softmax mass reaches `top_p` set to -inf (the first value is always kept)."""
+    probs = torch.softmax(vals, dim=-1)
+    before = probs.cumsum(-1) - probs
+    return vals.masked_fill(before >= top_p, float("-inf"))
 
 
 def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,
@@ -526,10 +530,7 @@ def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor
     vals = vals / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     ranks = torch.arange(kmax, device=logits.device)[None, :]
     vals = vals.masked_fill(ranks >= k_all[:, None], float("-inf"))
-    probs = torch.softmax(vals, dim=-1)
-    # Nucleus: keep the smallest prefix whose mass reaches top_p (always at least one token).
-    before = probs.cumsum(-1) - probs
-    vals = vals.masked_fill(before >= top_p[:, None], float("-inf"))
+    vals = _nucleus(vals, top_p[:, None])
     gumbel = -torch.log(-torch.log(token_uniforms(seeds, step, idx))).to(vals.dtype)
     choice = torch.where(greedy, torch.zeros_like(top_k), (vals + gumbel).argmax(-1))
     return idx.gather(-1, choice[:, None]).squeeze(-1)

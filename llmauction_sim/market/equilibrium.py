@@ -38,12 +38,14 @@ def run_market_equilibrium(config: RunConfig, out: str | Path, *, resume: bool =
     OUT/summary.json; return the summary. With `market.rounds_per_epoch` > 0 the Ad-LLM is
     retrained by IRPO inside the market (market/joint.py)."""
     out = Path(out)
-    entries, sub = population_catalog(config, resources.pop("catalog", None))
+    catalog = resources.pop("catalog", None)
     if config.market.rounds_per_epoch:
         from llmauction_sim.market.joint import run_joint
 
-        return run_joint(config, out, sub, resume=resume, progress=progress, **resources)
+        return run_joint(config, out, catalog, resume=resume, progress=progress, **resources)
     from llmauction_sim.market import simulate
+
+    entries, sub = population_catalog(config, catalog)
 
     simulate(config, out / "market", resume=resume, progress=progress, catalog=sub, **resources)
     return write_outputs(config, out, entries, sub)
@@ -62,10 +64,15 @@ def population_catalog(config: RunConfig, catalog=None):
     return entries, catalog[:size]
 
 
+def population_types(entries) -> list[str]:
+    """Each advertiser's type, in catalog order (copies of an entry are consecutive)."""
+    return [e.type for e in entries for _ in range(e.num_copies)]
+
+
 def write_outputs(config: RunConfig, out: Path, entries, sub, **extra) -> dict:
     """OUT/rounds.parquet and OUT/summary.json (plus `extra` keys) from the run in OUT/market."""
     adv = pd.read_parquet(out / "market" / "advertisers.parquet")
-    types = [e.type for e in entries for _ in range(e.num_copies)]
+    types = population_types(entries)
     taus = [float(e.params.get("tau", 1.25)) if e.type == "value_maximizer" else 1.0
             for e in entries for _ in range(e.num_copies)]
     info = {ad.id: (i, t, tau) for i, (ad, t, tau) in enumerate(zip(sub, types, taus))}

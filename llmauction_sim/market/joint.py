@@ -21,7 +21,6 @@ Both halves checkpoint (the market every round, IRPO every phase), so a killed r
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +43,13 @@ def check_joint(config: RunConfig) -> None:
 
 
 def joint_data(config: RunConfig, out: Path) -> Path:
-    """market.data when set, else a build in OUT/data with fresh training queries for every
-    market round and enough test queries for IRPO's evaluations."""
-    from llmauction_sim.data import build_dataset
+    """market.data when set, else a build in OUT/data with a fresh training query for every
+    market round's query and enough test queries for IRPO's evaluations."""
+    from llmauction_sim.learning.irpo import ensure_data
 
-    if config.market.data:
-        return Path(config.market.data)
-    folder = out / "data"
-    if not (folder / "queries.parquet").is_file():
-        d, m = config.data, config.market
-        need = max(m.steps * m.queries_per_step / max(1 - d.test_fraction, 1e-9),
-                   config.irpo.test_queries / max(d.test_fraction, 1e-9))
-        profiles = min(d.profiles, max(2, math.ceil(need / d.queries_per_profile) + 1))
-        build_dataset(config.with_overrides([f"data.profiles={profiles}"]), folder,
-                      progress=False)
-    return folder
+    market = config.market
+    train = max(config.irpo.train_queries, market.steps * market.queries_per_step)
+    return ensure_data(config.with_overrides([f"irpo.train_queries={train}"]), out, market.data)
 
 
 def _market_steps(folder: Path) -> int:
@@ -71,9 +62,10 @@ def _block_log(market_dir: Path, first: int, last: int) -> pd.DataFrame:
                       for t in range(first, last + 1)], ignore_index=True)
 
 
-def run_joint(config: RunConfig, out: str | Path, catalog, *, resume: bool = False,
+def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool = False,
               progress: bool = True, judge=None, retriever=None, **irpo_resources) -> dict:
-    """Run the joint schedule (module doc) on the advertisers' `catalog`; return the summary.
+    """Run the joint schedule (module doc); the advertisers are `catalog`'s (default: the
+    configured one's) first ads, as many as the population; return the summary.
 
     `judge` and `retriever` are shared by both halves (default: built from `config`);
     `irpo_resources` go to `open_irpo` (model, tokenizer, make_lm, pctr_encoder)."""
@@ -81,7 +73,11 @@ def run_joint(config: RunConfig, out: str | Path, catalog, *, resume: bool = Fal
     from llmauction_sim.learning.irpo import EPOCHS, MARKET_LOG, PHASES, STATE, advance, open_irpo
     from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
     from llmauction_sim.market import simulate
-    from llmauction_sim.market.equilibrium import population_catalog, write_outputs
+    from llmauction_sim.market.equilibrium import (
+        population_catalog,
+        population_types,
+        write_outputs,
+    )
 
     check_joint(config)
     out = Path(out)
@@ -116,9 +112,8 @@ def run_joint(config: RunConfig, out: str | Path, catalog, *, resume: bool = Fal
                      resume=(market_dir / "config.json").is_file(), progress=progress,
                      catalog=sub, retriever=retriever, judge=judge, ad_lm=run.lm)
     held_out = pd.read_parquet(irpo_dir / EPOCHS)
-    types = {ad.id: e.type for ad, e in zip(sub, (e for e in entries
-                                                 for _ in range(e.num_copies)))}
-    blocks = block_table(out, k, held_out, types)
+    blocks = block_table(out, k, held_out,
+                         dict(zip(sub.ids, population_types(entries))))
     blocks.to_parquet(out / "blocks.parquet", index=False)
     return write_outputs(config, out, entries, sub, rounds_per_epoch=k, irpo_epochs=epochs,
                          blocks=blocks.astype(object).where(blocks.notna(), None)
