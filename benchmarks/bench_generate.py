@@ -4,6 +4,7 @@ Both answer the same Ad-LLM prompts (profile, candidate ads with bids, query) wi
 settings on the same model, in one run. Prints tokens/s of both and the ratio; --json for machines.
 
     python benchmarks/bench_generate.py [--prompts 64] [--max-new-tokens 64] [--json]
+    python benchmarks/bench_generate.py --skip-naive --compare-cpu-kernels  # kernels on vs off
 """
 
 from __future__ import annotations
@@ -79,12 +80,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, help="override ad_llm.max_batch_size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="time the batched path only")
+    parser.add_argument("--no-cpu-kernels", action="store_true",
+                        help="batched path without the prepacked CPU kernels (ad_llm.cpu_kernels)")
+    parser.add_argument("--compare-cpu-kernels", action="store_true",
+                        help="also time the batched path with the CPU kernels off, in this run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
     config = RunConfig(seed=args.seed)
     if args.batch_size:
         config = config.with_overrides([f"ad_llm.max_batch_size={args.batch_size}"])
+    if args.no_cpu_kernels:
+        config = config.with_overrides(["ad_llm.cpu_kernels=false"])
     lm = load_language_model(config.ad_llm, seed=args.seed)
     prompts = ad_llm_prompts(config, args.prompts, args.seed)
     max_new = args.max_new_tokens or config.ad_sampling.max_new_tokens
@@ -95,10 +102,18 @@ def main(argv=None) -> int:
     result = {"model": config.ad_llm.name, "dtype": str(lm.model.dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "prompts": len(prompts),
               "mean_prompt_tokens": float(np.mean(prompt_tokens)),
-              "max_new_tokens": max_new, "batch_size": lm.max_batch_size}
+              "max_new_tokens": max_new, "batch_size": lm.max_batch_size,
+              "cpu_kernels": lm.cpu_kernels}
     b_tokens, b_seconds = batched(lm, prompts, params)
     result.update(batched_tokens=b_tokens, batched_seconds=round(b_seconds, 2),
                   batched_tok_s=round(b_tokens / b_seconds, 1))
+    if args.compare_cpu_kernels and lm.cpu_kernels:
+        lm.cpu_kernels = False
+        p_tokens, p_seconds = batched(lm, prompts, params)
+        lm.cpu_kernels = True
+        result.update(no_kernels_tokens=p_tokens, no_kernels_seconds=round(p_seconds, 2),
+                      no_kernels_tok_s=round(p_tokens / p_seconds, 1),
+                      cpu_kernels_ratio=round(p_seconds / b_seconds * b_tokens / p_tokens, 2))
     if not args.skip_naive:
         naive_prompts = prompts[:args.naive_prompts] if args.naive_prompts else prompts
         n_tokens, n_seconds = naive_loop(lm, naive_prompts, params)

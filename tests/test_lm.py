@@ -181,6 +181,20 @@ def test_small_max_batch_size_same_greedy(model, tokenizer, lm: TransformersLM) 
     assert texts(small.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
 
 
+def test_one_row_prefill_windows_same_greedy(model, tokenizer, lm: TransformersLM) -> None:
+    # Windows of one row: each computes only its own prompt's width and leaves a zeroed gap.
+    narrow = TransformersLM(model, tokenizer, name="tiny", prefill_rows=1)
+    assert texts(narrow.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
+
+
+def test_cpu_kernels_same_greedy_and_scores(model, tokenizer, lm: TransformersLM) -> None:
+    plain = TransformersLM(model, tokenizer, name="tiny", cpu_kernels=False)
+    assert texts(plain.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
+    answers = [c[0].text for c in lm.generate(PROMPTS, GREEDY)]
+    np.testing.assert_allclose(plain.score(PROMPTS, answers), lm.score(PROMPTS, answers),
+                               rtol=1e-4, atol=1e-3)
+
+
 def test_small_max_batch_size_same_seeded_samples(model, tokenizer, lm: TransformersLM) -> None:
     # n=3 per prompt with batches of 2 rows: one prompt's samples land in different batches.
     params = SamplingParams(temperature=1.0, top_k=20, max_new_tokens=6, n=3, seed=11)
@@ -645,3 +659,33 @@ def test_proposal_logprobs_greedy_and_vllm_agree() -> None:
                        | {int(targets[0, i]): float(raw[i, targets[0, i]])} for i in range(5)]
     ids = [0] + targets[0].tolist()
     assert proposal_logprob(listed, ids, 1, params) == pytest.approx(ours, abs=1e-4)
+
+
+# --- dropping finished rows --------------------------------------------------------------------
+
+@pytest.mark.parametrize("live", [[1, 0, 1, 1, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1]])
+def test_compaction_moves_only_tail_rows_into_holes(live: list[int]) -> None:
+    live_t = torch.tensor(live, dtype=torch.bool)
+    order = hf._compaction_order(live_t)
+    assert sorted(order.tolist()) == live_t.nonzero().squeeze(1).tolist()
+    n = len(order)
+    assert all(i == j for i, j in enumerate(order.tolist()) if j < n)  # rows in place stay
+
+    layer = hf.PreallocatedLayer(capacity=6)
+    layer.allocate(len(live), 2, 4, torch.float32, torch.device("cpu"))
+    layer.update(torch.randn(len(live), 2, 3, 4), torch.randn(len(live), 2, 3, 4))
+    expected_k, expected_v = layer.keys[order].clone(), layer.values[order].clone()
+    layer.batch_select_indices(order)
+    torch.testing.assert_close(layer.keys, expected_k)
+    torch.testing.assert_close(layer.values, expected_v)
+    layer.update(torch.zeros(n, 2, 1, 4), torch.zeros(n, 2, 1, 4))  # still writable after
+    assert layer.keys.shape == (n, 2, 4, 4)
+
+
+def test_select_with_repeats_gathers() -> None:
+    layer = hf.PreallocatedLayer(capacity=4)
+    layer.allocate(2, 1, 2, torch.float32, torch.device("cpu"))
+    layer.update(torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2))
+    before = layer.keys.clone()
+    layer.batch_select_indices(torch.tensor([0, 0, 1, 1]))  # samples of each prompt
+    torch.testing.assert_close(layer.keys, before[[0, 0, 1, 1]])

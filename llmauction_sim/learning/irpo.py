@@ -654,7 +654,8 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
 
     def default_lm(m, tok):
         return TransformersLM(m, tok, name=config.ad_llm.name,
-                              max_batch_size=config.ad_llm.max_batch_size, seed=config.seed)
+                              max_batch_size=config.ad_llm.max_batch_size, seed=config.seed,
+                              cpu_kernels=config.ad_llm.cpu_kernels)
 
     make_lm = resources.get("make_lm") or default_lm
     data_dir = ensure_data(config, out, data)
