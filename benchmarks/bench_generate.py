@@ -80,18 +80,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, help="override ad_llm.max_batch_size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="time the batched path only")
-    parser.add_argument("--no-cpu-kernels", action="store_true",
-                        help="batched path without the prepacked CPU kernels (ad_llm.cpu_kernels)")
     parser.add_argument("--compare-cpu-kernels", action="store_true",
-                        help="also time the batched path with the CPU kernels off, in this run")
+                        help="also time the batched path with ad_llm.cpu_kernels off, in this run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
     config = RunConfig(seed=args.seed)
     if args.batch_size:
         config = config.with_overrides([f"ad_llm.max_batch_size={args.batch_size}"])
-    if args.no_cpu_kernels:
-        config = config.with_overrides(["ad_llm.cpu_kernels=false"])
     lm = load_language_model(config.ad_llm, seed=args.seed)
     prompts = ad_llm_prompts(config, args.prompts, args.seed)
     max_new = args.max_new_tokens or config.ad_sampling.max_new_tokens
