@@ -265,8 +265,9 @@ class ModelConfig(ConfigBase):
     max_batch_size: int = option(64, "Rows per forward pass in batched generation/scoring.", min=1)
     adapter: str | None = option(None, "Optional PEFT adapter folder loaded on top of the model.")
     cpu_kernels: bool = option(True, "CPU float32 only: decode-step linears on oneDNN-prepacked "
-                               "copies of the weights (faster generation; weight memory doubles) "
-                               "and SwiGLU in place. Off for large models on small-memory CPUs.")
+                               "copies of the weights (faster generation; weight memory doubles), "
+                               "SwiGLU in place and decode attention on a numba kernel. Off for "
+                               "large models on small-memory CPUs.")
 
 
 @dataclass(frozen=True)

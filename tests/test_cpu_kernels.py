@@ -1,4 +1,5 @@
-"""fast_cpu_inference: prepacked linears and in-place SwiGLU, numerically the plain model."""
+"""fast_cpu_inference: prepacked linears, in-place SwiGLU and the decode-attention kernel,
+numerically the plain model."""
 
 import pytest
 import torch
@@ -16,7 +17,44 @@ def model():
 
 
 def patched(model) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if "forward" in m.__dict__]
+    return [m for m in model.modules() if "forward" in m.__dict__ or "decode_kernel" in m.__dict__]
+
+
+def reference_attention(query, key, value, mask, scale):
+    """Softmax attention per query head, with its log-sum-exp (the definition)."""
+    scores = torch.einsum("bhgd,bhld->bhgl", query, key) * scale + mask[:, None, None, :]
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.einsum("bhgl,bhld->bhgd", torch.softmax(scores, dim=-1), value), lse
+
+
+@pytest.mark.parametrize(("group", "head_dim"), [(1, 64), (3, 64), (4, 32), (6, 128)])
+def test_decode_attention_matches_definition(group, head_dim) -> None:
+    rows, kv_heads, capacity, length = 5, 2, 40, 29
+    gen = torch.Generator().manual_seed(group)
+    k_buf = torch.randn(rows, kv_heads, capacity, head_dim, generator=gen)
+    v_buf = torch.randn(rows, kv_heads, capacity, head_dim, generator=gen)
+    query = 3 * torch.randn(rows, kv_heads, group, head_dim, generator=gen)
+    mask = torch.zeros(rows, length)
+    mask[1, :7] = float("-inf")  # a left-padded row
+    key, value = k_buf[:, :, :length], v_buf[:, :, :length]
+    out, lse = cpu_kernels.decode_attention(query, key, value, mask, 0.3)
+    ref_out, ref_lse = reference_attention(query, key, value, mask, 0.3)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    out, _ = cpu_kernels.decode_attention(query, key, value, None, None)
+    torch.testing.assert_close(out, reference_attention(query, key, value, torch.zeros(
+        rows, length), head_dim ** -0.5)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_declines_other_layouts() -> None:
+    query = torch.randn(2, 1, 3, 8)
+    key = torch.randn(2, 1, 16, 8)
+    assert cpu_kernels.decode_attention(query, key.transpose(2, 3).transpose(2, 3)[:, :, ::2],
+                                        key[:, :, ::2], None, None) is None
+    assert cpu_kernels.decode_attention(query.double(), key.double(), key.double(), None,
+                                        None) is None
+    late = key[:, :, 4:12]  # buffer layout, but starting 4 positions in: capacity runs past the end
+    assert cpu_kernels.decode_attention(query, late, late, None, None) is None
 
 
 @torch.inference_mode()

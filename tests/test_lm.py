@@ -187,9 +187,14 @@ def test_one_row_prefill_windows_same_greedy(model, tokenizer, lm: TransformersL
     assert texts(narrow.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
 
 
-def test_cpu_kernels_same_greedy_and_scores(model, tokenizer, lm: TransformersLM) -> None:
+def test_cpu_kernels_same_greedy_and_scores(model, tokenizer, lm: TransformersLM,
+                                            monkeypatch) -> None:
     plain = TransformersLM(model, tokenizer, name="tiny", cpu_kernels=False)
+    calls = []
+    kernel = hf.decode_attention
+    monkeypatch.setattr(hf, "decode_attention", lambda *a: calls.append(kernel(*a)) or calls[-1])
     assert texts(plain.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
+    assert calls and all(c is not None for c in calls), "decode steps ran on the kernel"
     answers = [c[0].text for c in lm.generate(PROMPTS, GREEDY)]
     np.testing.assert_allclose(plain.score(PROMPTS, answers), lm.score(PROMPTS, answers),
                                rtol=1e-4, atol=1e-3)

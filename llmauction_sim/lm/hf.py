@@ -22,7 +22,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
-from llmauction_sim.lm.cpu_kernels import fast_cpu_inference
+from llmauction_sim.lm.cpu_kernels import decode_attention, fast_cpu_inference
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
 
@@ -158,16 +158,25 @@ def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     `module.shared_prefix_kv` holds the prefix's keys/values ([1, kv_heads, P, d]); `key`/`value`
     hold only each row's tokens after it. The prefix part runs as one attention over all rows'
     queries (its keys are read once per step, not once per row) and is merged with the row part
-    through their log-sum-exps. Without a stored prefix this is plain SDPA.
+    through their log-sum-exps. Without a stored prefix this is plain SDPA. Where
+    `fast_cpu_inference` enabled it (`module.decode_kernel`), a decode step's own part runs on
+    `decode_attention`.
     """
     prefix = getattr(module, "shared_prefix_kv", None)
-    if prefix is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
-    pk, pv = prefix
     b, heads, q_len, d = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
+    own = None
+    if q_len == 1 and getattr(module, "decode_kernel", False):
+        rows = _additive_mask(attention_mask, b, 1, 1, length, query.dtype)
+        own = decode_attention(query.reshape(b, kv_heads, group, d), key, value,
+                               None if rows is None else rows.view(b, length), scaling)
+    if prefix is None:
+        if own is not None:
+            return own[0].reshape(b, 1, heads, d), None
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    pk, pv = prefix
     # Query head h uses kv head h // group: pack each kv head's queries as rows (GQA, no copies
     # of keys). Row order within a kv head is (group member, position).
     packed = query.reshape(b, kv_heads, group * q_len, d)
@@ -175,11 +184,13 @@ def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                            pk, pv, None, scaling)
     out_p = out_p.reshape(kv_heads, b, group * q_len, d).transpose(0, 1)
     lse_p = lse_p.reshape(kv_heads, b, group * q_len).transpose(0, 1)
-    if attention_mask is None and q_len > 1:
-        attention_mask = torch.ones(q_len, length, dtype=torch.bool, device=query.device).tril(
-            length - q_len)[None, None]
-    mask = _additive_mask(attention_mask, b, group, q_len, length, query.dtype)
-    out_s, lse_s = _attend(packed, key, value, mask, scaling)
+    if own is None:
+        if attention_mask is None and q_len > 1:
+            attention_mask = torch.ones(q_len, length, dtype=torch.bool,
+                                        device=query.device).tril(length - q_len)[None, None]
+        mask = _additive_mask(attention_mask, b, group, q_len, length, query.dtype)
+        own = _attend(packed, key, value, mask, scaling)
+    out_s, lse_s = own
     # softmax over both parts = the parts' outputs weighted by their shares of the total mass
     out = torch.lerp(out_s, out_p, torch.sigmoid(lse_p - lse_s)[..., None])
     return out.reshape(b, heads, q_len, d).transpose(1, 2).contiguous(), None
