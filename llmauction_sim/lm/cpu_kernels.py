@@ -205,36 +205,35 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             lse[:, :group].reshape(rows, kv_heads, group))
 
 
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if hasattr(m, "layer_idx")
-            and hasattr(m, "num_key_value_groups")]
+def is_attention_module(module: nn.Module) -> bool:
+    """A transformers attention layer (it knows its layer index and its GQA group size)."""
+    return hasattr(module, "layer_idx") and hasattr(module, "num_key_value_groups")
 
 
 @contextlib.contextmanager
 def fast_cpu_inference(model: nn.Module, enabled: bool = True):
-    """Within the block, `model`'s linears and SwiGLU MLPs use the kernels above (no-op off CPU
-    float32 or with `enabled=False`)."""
+    """Within the block, `model`'s linears, SwiGLU MLPs and decode attention use the kernels above
+    (no-op off CPU float32 or with `enabled=False`)."""
     if not enabled or not prepack_supported(model):
         yield
         return
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    attention = _attention_modules(model)
-    for module in attention:
-        module.decode_kernel = True  # read by the backend's attention function
-    patched = []
+    patched, flagged = [], []
     for module in model.modules():
-        if type(module) is nn.Linear:
+        if is_attention_module(module):
+            module.decode_kernel = True  # read by the backend's attention function
+            flagged.append(module)
+        elif type(module) is nn.Linear:
             module.forward = partial(_packed_linear, module.weight, module.bias,
                                      _packed_weight(module))
+            patched.append(module)
         elif _is_swiglu(module):
             module.forward = partial(_swiglu_in_place, module)
-        else:
-            continue
-        patched.append(module)
+            patched.append(module)
     try:
         yield
     finally:
         for module in patched:
             del module.forward
-        for module in attention:
+        for module in flagged:
             del module.decode_kernel

@@ -22,7 +22,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
-from llmauction_sim.lm.cpu_kernels import decode_attention, fast_cpu_inference
+from llmauction_sim.lm.cpu_kernels import decode_attention, fast_cpu_inference, is_attention_module
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
 
@@ -276,8 +276,7 @@ class TransformersLM:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         if getattr(base.config, "_attn_implementation", None) not in ("sdpa", CASCADE):
             return {}
-        modules = {m.layer_idx: m for m in base.modules()
-                   if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")}
+        modules = {m.layer_idx: m for m in base.modules() if is_attention_module(m)}
         if len(modules) != self.num_layers:
             return {}
         base.set_attn_implementation(CASCADE)
