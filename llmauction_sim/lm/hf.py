@@ -144,11 +144,11 @@ def _attend(query, key, value, mask, scale):
     if query.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, 0.0, False, attn_mask=mask, scale=scale)
-    scores = query @ key.transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
+    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
     if mask is not None:
         scores = scores + mask
     lse = torch.logsumexp(scores, dim=-1)
-    return torch.softmax(scores, dim=-1) @ value, lse
+    return (torch.softmax(scores, dim=-1) @ value.float()).to(query.dtype), lse
 
 
 def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -167,7 +167,7 @@ def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
     own = None
-    if q_len == 1 and getattr(module, "decode_kernel", False):
+    if q_len == 1 and query.dtype == torch.float32 and getattr(module, "decode_kernel", False):
         rows = _additive_mask(attention_mask, b, 1, 1, length, query.dtype)
         own = decode_attention(query.reshape(b, kv_heads, group, d), key, value,
                                None if rows is None else rows.view(b, length), scaling)
@@ -191,8 +191,10 @@ def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         mask = _additive_mask(attention_mask, b, group, q_len, length, query.dtype)
         own = _attend(packed, key, value, mask, scaling)
     out_s, lse_s = own
-    # softmax over both parts = the parts' outputs weighted by their shares of the total mass
-    out = torch.lerp(out_s, out_p, torch.sigmoid(lse_p - lse_s)[..., None])
+    # softmax over both parts = the parts' outputs weighted by their shares of the total mass.
+    # The log-sum-exps are float32 whatever the model's dtype; the merge runs in float32 too.
+    share = torch.sigmoid(lse_p.float() - lse_s.float())[..., None]
+    out = torch.lerp(out_s.float(), out_p.float(), share).to(query.dtype)
     return out.reshape(b, heads, q_len, d).transpose(1, 2).contiguous(), None
 
 
