@@ -177,12 +177,10 @@ def main(argv=None) -> int:
 
 
 def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.2))
+    fig = Figure(figsize=(3.2 * len(curves), 3.2))
+    axes = fig.subplots(1, len(curves))
     for ax, (name, rounds) in zip(axes, curves.items()):
         for kind, g in rounds.groupby("type"):
             mean = g.groupby("round")["multiplier"].mean()
@@ -194,7 +192,6 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -101,12 +101,10 @@ def main() -> None:
 
 
 def _plot(curves: list[pd.DataFrame], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_vm, ax_um) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_vm, ax_um = fig.subplots(1, 2)
     for frame in curves:
         kind, tau = frame["advertiser"].iloc[0], frame["tau"].iloc[0]
         if kind == "value_maximizer":

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from llmauction_sim.config import RunConfig  # noqa: E402
-from llmauction_sim.tables import markdown_table  # noqa: E402
+from llmauction_sim.tables import markdown_table, read_query_log  # noqa: E402
 
 # The CPU budget (about an hour on 2 cores); every value can be changed with --set.
 CPU_SETTINGS = [
@@ -49,10 +49,9 @@ def log(text: str) -> None:
 def expected_revenue(folder: Path) -> float:
     """Mean over queries of sum of bid x click probability of the exposed ads (the judge's
     probabilities): the revenue the realised clicks estimate, without their sampling noise."""
-    q = pd.read_parquet(folder / "queries.parquet")
+    q = read_query_log(folder / "queries.parquet")
     total = 0.0
     for bids, probs, exposed in zip(q["bids"], q["click_probabilities"], q["exposed"]):
-        bids, probs = json.loads(bids), json.loads(probs)
         total += sum(bids[i] * probs.get(i, 0.0) for i in exposed)
     return total / len(q)
 

@@ -17,11 +17,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmauction_sim.config import RunConfig  # noqa: E402
+from llmauction_sim.tables import read_query_log  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
     summary_file = work / "summary.json"
     if not summary_file.is_file():
         simulate(config, work, resume=(work / "config.json").is_file(), progress=False)
-    log = pd.read_parquet(work / "queries.parquet")
+    log = read_query_log(work / "queries.parquet")
     ids = load_catalog(config.data.catalog).ids
     fit = auctions_from_log(log[log["step"] <= args.fit_rounds], ids)
     fresh = auctions_from_log(log[log["step"] > args.fit_rounds], ids)

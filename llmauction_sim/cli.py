@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from llmauction_sim.config import ConfigError, RunConfig, field_docs
@@ -15,6 +17,59 @@ from llmauction_sim.lm.registry import ModelNotFoundError
 # Everything runs offline: models come from packages or local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_NO_HUB_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"  # read when huggingface_hub/transformers load
+
+
+def _version() -> str:
+    try:
+        return version("llmauction-sim")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """--quiet also silences transformers' own bars ("Loading weights"): the environment
+    variable covers a later import, the switch an earlier one; both are restored (tests call
+    main() in one process)."""
+    saved = os.environ.get(_NO_HUB_BARS)
+    os.environ[_NO_HUB_BARS] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_NO_HUB_BARS, None)
+        else:
+            os.environ[_NO_HUB_BARS] = saved
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when help is shown (so
+    listing a registry costs nothing on an ordinary run)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _mechanisms_epilog() -> str:
+    from llmauction_sim.mechanisms import mechanism_names
+
+    return (f"registered mechanisms (--mechanism): {', '.join(mechanism_names())}; "
+            "docs/mechanisms.md describes them")
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A progress line on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -112,9 +167,12 @@ def cmd_answer(args: argparse.Namespace) -> int:
                                    config.retrieval.num_candidates,
                                    config.retrieval.profile_weight)
     lm = load_language_model(config.ad_llm, seed=config.seed)
+    _say(args, f"answering {len(queries)} queries with {config.ad_llm.name} in one batched call "
+               f"(up to {config.ad_sampling.max_new_tokens} new tokens each)...")
     start = time.time()
     answers = answer_queries(config, lm, retriever, catalog, profiles, queries, rng)
     seconds = time.time() - start
+    _say(args, f"answered {len(answers)} queries in {seconds:.1f} s")
     for request, alloc in answers:
         print(f"\n=== {request.query_id} {request.profile.user_id} "
               f"({request.profile.describe()})")
@@ -168,7 +226,8 @@ def _print_summary(out: Path, summary: dict, answers: int = 0) -> None:
         value = summary[key]
         print(f"  {key:>18}: {'n/a' if value is None else round(value, 3)}")
     for _, row in sample_answers(out, answers).iterrows() if answers else []:
-        print(f"\n--- {row['query_id']} (round {row['step']}), bids {row['bids']}")
+        bids = ", ".join(f"{ad_id} {bid:g}" for ad_id, bid in row["bids"].items())
+        print(f"\n--- {row['query_id']} (round {row['step']}), bids: {bids}")
         print(f"Q: {row['query']}")
         print(f"A: {row['response']}")
         print(f"-> exposed {list(row['exposed']) or 'none'}, clicked "
@@ -190,6 +249,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmauction_sim.market import simulate
+    from llmauction_sim.market.run import NO_AD_NOTE
 
     args.resume = True  # rerunning the demo reuses a finished run with the same settings
     config = _simulate_config(args)
@@ -200,9 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        progress=not args.quiet)
     _print_summary(Path(args.out), summary, answers=2)
     if not summary["exposures"]:
-        print("\nnote: the untrained Ad-LLM inserted no valid ad, so nothing was clicked or paid; "
-              "the small embedded model rarely writes the @Title@[ID] markup before training "
-              "(docs/market.md).")
+        print(f"\nnote: {NO_AD_NOTE}.")
     return 0
 
 
@@ -365,29 +423,35 @@ def _market_args(parser: argparse.ArgumentParser, default_out: Path | None,
     parser.add_argument("--judge", help="click judge: embedding, llm or logprob")
     parser.add_argument("--data", help="folder of `llmauction data build` (default: build a small "
                         "one inside the run folder)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _config_args(parser)
 
 
 # --------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmauction", description="Simulate LLM-native ad auctions (LLM-Auction, IRPO).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="synthetic users and queries")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    build = data_sub.add_parser("build", help="generate profiles and User-LLM queries",
-                                description="Generate profiles and their User-LLM queries; "
-                                "writes OUT/profiles.parquet and OUT/queries.parquet.")
+    build = data_sub.add_parser(
+        "build", help="generate profiles and User-LLM queries",
+        description="Generate profiles and their User-LLM queries; writes OUT/profiles.parquet "
+        "and OUT/queries.parquet. Resumable, with no --resume flag: work is saved per chunk of "
+        "profiles in OUT/.parts, and rerunning the same command after an interruption continues "
+        "from there (a finished build with the same settings is reused). The User-LLM writes "
+        "about one profile's 5 queries per 8 s on a 2-core CPU, so the default 3,000 profiles "
+        "take roughly 6-7 hours there (an estimate); --writer template takes seconds.")
     build.add_argument("--out", type=Path, required=True, help="output folder")
     build.add_argument("--profiles", type=int, help="number of profiles (default 3000)")
     build.add_argument("--queries-per-profile", type=int, help="queries per profile (default 5)")
     build.add_argument("--writer", choices=["llm", "template"],
                        help="query writer (default llm: the User-LLM)")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
     _config_args(build)
     build.set_defaults(func=cmd_data_build)
 
@@ -399,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--split", choices=["train", "test", "all"], default="test")
     answer.add_argument("--num-queries", type=int, default=4)
     answer.add_argument("--num-candidates", help="candidate ads per prompt, or 'all'")
+    answer.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     _config_args(answer)
     answer.set_defaults(func=cmd_answer)
 
@@ -407,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the stepped market (users ask, the mechanism answers and allocates ads, "
         "the User-LLM clicks, clicked ads pay) and write OUT/config.json, manifest.json, "
         "queries.parquet, metrics.parquet, advertisers.parquet, summary.json and metrics.png.")
+    simulate.epilog = _mechanisms_epilog
     _market_args(simulate, default_out=None)
     _checkpoint_arg(simulate)
     simulate.add_argument("--resume", action="store_true",
@@ -418,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a small market on the embedded model (a few minutes)",
                           description="Run a small market on the embedded model and print its "
                           "summary and two answers; rerunning reuses the finished run.")
+    demo.epilog = _mechanisms_epilog
     _market_args(demo, default_out=Path("runs/demo"), steps=3)
     demo.set_defaults(func=cmd_demo)
 
@@ -498,15 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
     equilibrium.add_argument("--out", type=Path, required=True, help="output folder")
     equilibrium.add_argument("--resume", action="store_true",
                              help="market mechanisms: continue the interrupted run in --out")
-    equilibrium.add_argument("--quiet", action="store_true", help="no progress bar")
+    equilibrium.add_argument("--quiet", action="store_true", help="no progress bars")
     _checkpoint_arg(equilibrium)
     _config_args(equilibrium)
     equilibrium.set_defaults(func=cmd_equilibrium)
 
     sweep = sub.add_parser(
         "sweep", help="run a grid or list of configs x seeds, each in its own run folder",
-        description="Run every entry of SWEEP.toml (see llmauction_sim/sweep.py for the format) "
-        "and gather the runs' summaries into OUT/summary.parquet. Finished runs are skipped.")
+        description="Run every entry of SWEEP.toml and gather the runs' summaries into "
+        "OUT/summary.parquet. Finished runs are skipped. docs/scaling.md describes the file "
+        "format and the executors; experiments/sweep.toml is an example.")
     sweep.add_argument("sweep", type=Path, help="sweep file (TOML)")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
     sweep.add_argument("--executor", choices=["local", "process", "ray"], default="process",
@@ -537,8 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet = _library_bars_off() if getattr(args, "quiet", False) else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with quiet:
+            return args.func(args)
     except ConfigError as exc:
         print(f"llmauction: config error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ of those comes from its own seeded stream, independent of the mechanism, so runs
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.tables import write_query_log
 
 # Independent seed streams (mixed with config.seed).
 _PICK, _BIDS, _ALLOCATE, _CLICKS, _FOCAL = 11, 12, 13, 14, 15
@@ -115,15 +115,15 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
         records.append({
             "query_id": r.query_id, "user_id": r.profile.user_id, "query": r.query,
             "response": a.response, "candidates": [ad.id for ad in r.candidates],
-            "bids": json.dumps(r.bids, sort_keys=True), "exposed": list(a.exposed_ids),
-            "clicked": list(clicked), "payments": json.dumps(payments, sort_keys=True),
-            "click_probabilities": json.dumps(d.probabilities, sort_keys=True),
+            "bids": dict(r.bids), "exposed": list(a.exposed_ids),
+            "clicked": list(clicked), "payments": dict(payments),
+            "click_probabilities": dict(d.probabilities),
             "revenue": revenue, "format_penalty": a.penalty,
             # The paper's R with realised clicks for pCTR, as in the market's log.
             "reward": revenue - a.penalty, "format_errors": a.report.num_errors,
             "judge_malformed": bool(d.malformed)})
     queries = pd.DataFrame(records)
-    queries.to_parquet(out / "queries.parquet", index=False)
+    write_query_log(queries, out / "queries.parquet")
     generations = getattr(mechanism, "generations_per_query", 1)
     summary = {"mechanism": mechanism_name, "seed": config.seed, "judge": config.clicks.judge,
                **summarize(queries), "generations_per_query": generations,
@@ -180,12 +180,10 @@ def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path
 
 
 def plot_curves(curves: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: a notebook keeps its inline backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
     for s, c in curves.groupby("sample"):
         c = c.sort_values("bid")
         ax1.plot(c["bid"], c["clicks"] / c["answers"], marker="o", ms=3, label=f"sample {s}")
@@ -197,6 +195,4 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("bid of the focal ad")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

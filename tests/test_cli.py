@@ -25,16 +25,16 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
           "--verbose"]),
     (["data"], ["build"]),
     (["data", "build"], ["--out", "--profiles", "--queries-per-profile", "--writer", "--quiet",
-                         "--config", "--set", "--seed"]),
-    (["answer"], ["--data", "--split", "--num-queries", "--num-candidates", "--config", "--set",
-                  "--seed"]),
+                         "--config", "--set", "--seed", "OUT/.parts", "no --resume", "hours"]),
+    (["answer"], ["--data", "--split", "--num-queries", "--num-candidates", "--quiet", "--config",
+                  "--set", "--seed"]),
     (["simulate"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--data",
                     "--resume", "--show-answers", "--quiet", "--config", "--set", "--seed"]),
     (["demo"], ["--out", "--steps", "--queries-per-step", "--mechanism", "--judge", "--config",
                 "--set", "--seed"]),
     (["irpo"], ["--out", "--epochs", "--train-queries", "--test-queries", "--data", "--resume",
                 "--config", "--set", "--seed"]),
-    (["sweep"], ["--out", "--executor"]),
+    (["sweep"], ["--out", "--executor", "docs/scaling.md", "experiments/sweep.toml"]),
     (["config"], ["show", "docs"]),
     (["config", "show"], ["--config", "--set", "--seed"]),
     (["config", "docs"], ["usage:"]),
@@ -54,7 +54,32 @@ def test_every_command_has_help(capsys, argv: list[str], expected: list[str]) ->
     out = capsys.readouterr().out
     assert out.startswith("usage: llmauction")
     for word in expected:
-        assert word in out
+        assert word in " ".join(out.split()), word  # help text is wrapped
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_market_help_lists_the_registered_mechanisms(capsys, command) -> None:
+    from llmauction_sim.mechanisms import mechanism_names, register_mechanism
+    from llmauction_sim.mechanisms.base import MECHANISMS
+
+    register_mechanism("help_probe", lambda config, **resources: None)
+    try:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    finally:
+        MECHANISMS.unregister("help_probe")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "registered mechanisms (--mechanism): " + ", ".join(
+        sorted([*mechanism_names(), "help_probe"])) in out
+
+
+def test_version(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"llmauction {version('llmauction-sim')}"
 
 
 def test_no_command_is_a_usage_error(capsys) -> None:
@@ -213,3 +238,31 @@ def test_simulate_bad_input(capsys, tmp_path, argv, message) -> None:
 def test_irpo_bad_input(capsys, tmp_path) -> None:
     code, _, err = run(capsys, ["irpo", "--out", str(tmp_path / "r"), "--epochs", "0"])
     assert code == 2 and "--epochs = 0 must be >= 1" in err
+
+
+def test_answer_shows_progress_and_quiet_silences_it_and_the_model_bars(capsys, tmp_path) -> None:
+    """`answer` says when its batched generation starts and ends; --quiet silences that and
+    transformers' own "Loading weights" bar, and leaves transformers' bars as they were."""
+    from tiny_models import embedded_tokenizer, tiny_llama
+    from transformers.utils import logging as hf_logging
+
+    data = tmp_path / "data"
+    assert run(capsys, ["data", "build", "--writer", "template", "--profiles", "3",
+                        "--queries-per-profile", "1", "--out", str(data), "--quiet"])[0] == 0
+    bars_on = hf_logging.is_progress_bar_enabled()
+    for quiet in (False, True):
+        model = tmp_path / f"model-{quiet}"  # a folder of its own: loaded, not reused
+        tiny_llama().save_pretrained(model)
+        embedded_tokenizer().save_pretrained(model)
+        capsys.readouterr()  # saving's own bar
+        code, out, err = run(capsys, ["answer", "--data", str(data), "--split", "all",
+                                      "--num-queries", "2", "--set", f"ad_llm.name={model}",
+                                      "--set", "ad_sampling.max_new_tokens=4",
+                                      *(["--quiet"] if quiet else [])])
+        assert code == 0 and "2 answers in" in out
+        if quiet:
+            assert err == ""
+        else:
+            assert "answering 2 queries" in err and "answered 2 queries in" in err
+            assert ("Loading weights" in err) == bars_on
+    assert hf_logging.is_progress_bar_enabled() == bars_on

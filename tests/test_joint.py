@@ -96,7 +96,7 @@ def test_bidding_rounds_and_irpo_epochs_interleave_and_resume(tmp_path, data, pa
         assert clicks["clicked"].sum() == block["clicked"].map(len).sum()
         logged_bids = {(f"{q}#{i}", a): float(b) for i, (q, bids) in
                        enumerate(zip(block["query_id"], block["bids"]))
-                       for a, b in json.loads(bids).items()}
+                       for a, b in bids}  # (ad, bid) pairs of the map column
         for qid, ad, bid in zip(clicks["query_id"], clicks["ad_id"], clicks["bid"]):
             assert logged_bids[(qid, ad)] == bid
         samples = pd.read_parquet(out / "irpo" / f"epoch-{t}" / "samples.parquet")

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tiny_models import embedded_tokenizer, tiny_llama
 
@@ -23,6 +25,7 @@ from llmauction_sim.market import AdMarket, RunFolderError, simulate
 from llmauction_sim.market.agents import make_bid_policy
 from llmauction_sim.mechanisms import Allocation
 from llmauction_sim.mechanisms.base import FirstPricePerClick
+from llmauction_sim.tables import read_query_log, write_query_log
 
 
 class ScriptedMechanism(FirstPricePerClick):
@@ -134,7 +137,7 @@ def test_one_step_accounting(packaged_catalog, resources):
     assert res["mechanism"].calls == 1 and res["judge"].calls == 1  # one batched call each
     total = 0.0
     for r in records:
-        bids = json.loads(r["bids"])
+        bids = r["bids"]
         assert set(r["exposed"]) == set(r["candidates"][:2])
         # The judge's clicks on a non-candidate and a never-shown ad are never charged.
         assert set(r["clicked"]) <= set(r["exposed"])
@@ -186,6 +189,17 @@ def test_simulate_writes_the_run_folder(tmp_path, packaged_catalog, resources):
             "clicked", "revenue", "format_errors"} <= set(q.columns)
     assert len(a) == 3 * len(packaged_catalog)
     assert summary["revenue_per_query"] == pytest.approx(q["revenue"].mean())
+    schema = pq.read_schema(out / "queries.parquet")  # native Arrow types, no JSON text
+    for name in ("candidates", "exposed", "clicked"):
+        assert schema.field(name).type == pa.list_(pa.string()), name
+    for name, value in (("bids", pa.float64()), ("click_probabilities", pa.float64()),
+                        ("format_error_kinds", pa.int64())):
+        assert schema.field(name).type == pa.map_(pa.string(), value), name
+    log = read_query_log(out / "queries.parquet")
+    first = log.iloc[0]
+    assert list(first["bids"]) == list(first["candidates"])
+    assert first["format_error_kinds"] == {"malformed": 1, "unknown_id": 1}
+    assert set(first["click_probabilities"]) == set(first["exposed"])
     assert json.loads((out / "summary.json").read_text()) == summary
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 7 and "versions" in manifest and "allocate" in manifest["timings"]
@@ -195,6 +209,58 @@ def test_simulate_writes_the_run_folder(tmp_path, packaged_catalog, resources):
     with pytest.raises(RunFolderError, match="another config"):
         simulate(cfg.with_overrides(["market.queries_per_step=5"]), out, resume=True,
                  progress=False, **resources(cfg))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 40])
+def test_metrics_figure_whole_rounds_and_a_note_for_undefined_ctr(steps):
+    from llmauction_sim.market.run import PLOTTED, metrics_figure
+
+    metrics = pd.DataFrame({"step": range(1, steps + 1),
+                            **{name: np.linspace(0, 1, steps) for name in PLOTTED}})
+    for ctr, note in ((metrics["ctr"], False), (math.nan, True)):
+        fig = metrics_figure(metrics.assign(ctr=ctr))
+        for ax in fig.axes:
+            low, high = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        ctr_ax = fig.axes[PLOTTED.index("ctr")]
+        assert any("CTR is undefined" in t.get_text() for t in ctr_ax.texts) == note
+
+
+def test_query_log_reads_maps_as_dicts_and_old_json_logs(tmp_path):
+    rows = pd.DataFrame([{"query_id": "Q-1", "candidates": ("Ad-0002", "Ad-0001"),
+                          "bids": {"Ad-0002": 5.0, "Ad-0001": 9.0}, "exposed": [],
+                          "clicked": [], "click_probabilities": {}}])
+    write_query_log(rows, tmp_path / "new.parquet")
+    old = rows.assign(bids=[json.dumps(rows["bids"][0])], click_probabilities=["{}"])
+    old.to_parquet(tmp_path / "old.parquet")  # how logs stored maps before: JSON text
+    for name in ("new", "old"):
+        log = read_query_log(tmp_path / f"{name}.parquet")
+        assert log["bids"][0] == {"Ad-0002": 5.0, "Ad-0001": 9.0}, name
+        assert log["click_probabilities"][0] == {} and list(log["candidates"][0]) == [
+            "Ad-0002", "Ad-0001"]
+    # Written back (a resumed run appends to logs it read), the types stay the same.
+    write_query_log(read_query_log(tmp_path / "old.parquet"), tmp_path / "again.parquet")
+    assert pq.read_schema(tmp_path / "again.parquet") == pq.read_schema(tmp_path / "new.parquet")
+
+
+def test_evaluate_writes_the_same_native_log(tmp_path, packaged_catalog, text_encoder):
+    from llmauction_sim.evaluation import evaluate
+    from llmauction_sim.lm.encoder import CandidateRetriever
+
+    cfg = RunConfig(seed=3).with_overrides(["data.query_writer=template", "data.profiles=12"])
+    retriever = CandidateRetriever(packaged_catalog, text_encoder, 4, 0.3)
+    evaluate(cfg, "scripted", 3, tmp_path, mechanism=ScriptedMechanism(packaged_catalog,
+                                                                       cfg.penalty),
+             judge=ScriptedJudge(), retriever=retriever)
+    schema = pq.read_schema(tmp_path / "queries.parquet")
+    assert schema.field("payments").type == pa.map_(pa.string(), pa.float64())
+    assert schema.field("exposed").type == pa.list_(pa.string())
+    log = read_query_log(tmp_path / "queries.parquet")
+    for _, row in log.iterrows():
+        assert set(row["payments"]) == set(row["clicked"])
+        assert row["revenue"] == pytest.approx(sum(row["payments"].values()))
+        assert all(row["payments"][a] == row["bids"][a] for a in row["clicked"])
 
 
 def test_same_seed_same_run_and_resume_after_crash(tmp_path, packaged_catalog, resources):

@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom with their default (small) parameters, and are stored clean."""
+"""The notebooks run top to bottom with their default (small) parameters, show their figures
+inline, and are stored clean."""
 
 from __future__ import annotations
 
@@ -32,10 +33,18 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch) -> None:
     from nbclient import NotebookClient
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend
     book = nbformat.read(path, as_version=4)
     # Run in a scratch folder so run outputs land there, not in the repository.
     NotebookClient(book, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+    code = [c for c in book.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors
+    # A figure cell must show its figure: library code that switches matplotlib's backend
+    # (e.g. to Agg for its own files) would silently turn the inline figures off.
+    figure_cells = [c for c in code if "plt.subplots" in c.source]
+    assert figure_cells
+    blank = [c.source.splitlines()[0] for c in figure_cells
+             if not any("image/png" in o.get("data", {}) for o in c.outputs)]
+    assert not blank, f"figure cells without an image: {blank}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,11 +64,16 @@ def test_logs_without_exposures_are_refused() -> None:
 
 def test_auctions_from_a_market_log() -> None:
     log = pd.DataFrame([{"candidates": ["Ad-0003", "Ad-0001"],
-                         "bids": json.dumps({"Ad-0003": 7.0, "Ad-0001": 90.0}),
-                         "exposed": ["Ad-0001"], "click_probabilities": json.dumps({"Ad-0001": 0.4})},
-                        {"candidates": ["Ad-0002"], "bids": json.dumps({"Ad-0002": 5.0}),
-                         "exposed": [], "click_probabilities": "{}"}])
+                         "bids": {"Ad-0003": 7.0, "Ad-0001": 90.0},
+                         "exposed": ["Ad-0001"], "click_probabilities": {"Ad-0001": 0.4}},
+                        {"candidates": ["Ad-0002"], "bids": {"Ad-0002": 5.0},
+                         "exposed": [], "click_probabilities": {}}])
     a = auctions_from_log(log, ADS)
+    # The same log as a plain pd.read_parquet gives it: maps as (key, value) pairs.
+    pairs = log.assign(**{c: log[c].map(lambda d: list(d.items()))
+                          for c in ("bids", "click_probabilities")})
+    b = auctions_from_log(pairs, ADS)
+    assert b.bids.tolist() == a.bids.tolist() and b.exposed.tolist() == a.exposed.tolist()
     assert a.ads.tolist() == [[3, 1], [2, -1]]
     assert a.bids.tolist() == [[7.0, 90.0], [5.0, 0.0]]
     assert a.exposed.tolist() == [[0.0, 1.0], [0.0, 0.0]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -9,6 +11,7 @@ from llmauction_sim.cli import main
 from llmauction_sim.config import ConfigError
 from llmauction_sim.sweep import load_sweep, run_sweep
 
+ROOT = Path(__file__).resolve().parents[1]
 SWEEP = """
 kind = "equilibrium"
 seeds = [0, 1]
@@ -76,3 +79,24 @@ def test_a_failed_run_is_recorded(tmp_path, capsys) -> None:
     table = pd.read_parquet(tmp_path / "s" / "summary.parquet")
     assert set(table["status"]) == {"ok", "failed"}
     assert (tmp_path / "s" / "runs" / "r001-seed0" / "error.txt").is_file()
+
+
+def test_the_shipped_example_is_valid_and_named_by_the_readme() -> None:
+    from llmauction_sim.config import RunConfig
+    from llmauction_sim.market.agents import bid_policy_names
+    from llmauction_sim.market.learners import population_factories
+    from llmauction_sim.mechanisms import check_mechanism
+
+    example = ROOT / "experiments" / "sweep.toml"
+    sweep = load_sweep(example)
+    assert sweep.kind == "simulate" and len(sweep.runs) == 8
+    for spec in sweep.runs:
+        config = RunConfig.from_dict(spec.base).with_overrides([*spec.overrides,
+                                                                f"seed={spec.seed}"])
+        check_mechanism(config.market.mechanism)
+        bidding = config.market.bidding
+        if ":" in bidding:
+            population_factories(bidding, 100)  # the packaged catalog's 100 advertisers
+        else:
+            assert bidding in bid_policy_names()
+    assert "sweep experiments/sweep.toml" in (ROOT / "README.md").read_text()

@@ -1,6 +1,6 @@
 """The market page (`llmauction viz`) in a real browser: Step shows progress, then an answer and
 updated plots; a bad parameter shows an error message and the page stays usable. Plus the
-highlighting of ad mentions and the page's model without a browser."""
+highlighting of ad mentions, the figures, and the page's model without a browser."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("solara", reason="the viz extra (solara) is not installed")
@@ -20,7 +22,14 @@ pytest.importorskip("altair", reason="Mesa's visualization needs altair (viz ext
 
 from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.data import build_dataset  # noqa: E402
-from llmauction_sim.market.app import highlight_answer, make_market_class  # noqa: E402
+from llmauction_sim.market.app import (  # noqa: E402
+    TITLE,
+    MarketView,
+    _advertiser_figure,
+    _metrics_figure,
+    highlight_answer,
+    make_market_class,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SETTINGS = ["ad_sampling.max_new_tokens=24", "market.queries_per_step=2"]
@@ -67,6 +76,49 @@ def test_bad_parameters_become_messages_not_exceptions(data_dir: Path) -> None:
     # Reset keeps the bound data folder and base config (SolaraViz calls model.__class__(...)).
     market = type(market)(queries_per_step="1")
     assert market.error is None and market.config.ad_sampling.max_new_tokens == 24
+
+
+def _view(rounds: int, ads: int = 25, ctr: float = np.nan) -> MarketView:
+    """A page snapshot of `rounds` rounds with `ads` advertisers of two types."""
+    metrics = pd.DataFrame({"revenue_per_query": 0.0, "ctr": ctr, "format_error_rate": 0.0},
+                           index=pd.RangeIndex(1, rounds + 1, name="round"))
+    rng = np.random.default_rng(0)
+    adv = pd.DataFrame([{"round": t, "ad_id": f"Ad-{i:04d}", "bid": float(rng.integers(1, 101)),
+                         "auctions": t, "roi": np.nan,
+                         "type": "value_maximizer" if i % 2 else "utility_maximizer"}
+                        for t in range(1, rounds + 1) for i in range(ads)])
+    return MarketView(rounds, metrics, adv)
+
+
+def test_figures_label_a_few_lines_and_say_why_a_plot_is_empty() -> None:
+    view = _view(3)
+    bids, roi = _advertiser_figure(view).axes
+    labels = [t.get_text() for t in bids.get_legend().get_texts()]
+    assert sorted(labels) == ["utility_maximizer (13 ads)", "value_maximizer (12 ads)"]
+    assert len(bids.lines) == 2  # one mean line per advertiser type, not one per ad
+    assert any("ROI undefined" in t.get_text() for t in roi.texts)
+    ctr = _metrics_figure(view).axes[1]
+    assert any("CTR is undefined" in t.get_text() for t in ctr.texts)
+    assert not _metrics_figure(_view(3, ctr=0.25)).axes[1].texts
+    assert any("CTR is undefined" in t.get_text() for t in _metrics_figure(MarketView()).axes[1].texts)
+
+
+def test_a_failed_round_shows_its_error_and_logs_the_traceback(data_dir: Path, monkeypatch,
+                                                              caplog) -> None:
+    market = make_market_class(data_dir, RunConfig().with_overrides(SETTINGS))()
+    assert market.error is None
+
+    def broken(requests, rng):
+        raise RuntimeError("the Ad-LLM ran out of memory")
+
+    monkeypatch.setattr(market.auctioneer, "allocate", broken)
+    with caplog.at_level("ERROR", logger="llmauction_sim.market.app"):
+        market.run_round(timeout=120)
+    assert market.error == "round 1 failed: RuntimeError: the Ad-LLM ran out of memory"
+    assert "traceback" in market.error_advice and "parameters" not in market.error_advice
+    record = next(r for r in caplog.records if r.name == "llmauction_sim.market.app")
+    assert record.exc_info and "ran out of memory" in caplog.text and "Traceback" in caplog.text
+    assert market.start_round() is False  # the market stays stopped
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +169,15 @@ def test_step_shows_progress_then_answers_and_plots(server: str, browser, tmp_pa
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
     page.goto(server)
     page.get_by_text("Rounds completed: 0").wait_for(timeout=90_000)
+    assert page.title() == TITLE
+    assert not page.get_by_text("Page 0").is_visible()  # Mesa's one-tab strip is hidden
     assert page.locator(".answer").count() == 0
     page.get_by_role("button", name="Step").click()
-    # The step runs on a worker thread: the page shows progress while the round runs.
+    # The step runs on a worker thread: the page shows progress while the round runs, and
+    # says which of Mesa's steps it is, so the sidebar's "Step: 1" agrees with it.
     page.locator(".round-progress").wait_for(timeout=15_000)
-    assert "Round 1 in progress" in page.locator(".round-progress").inner_text()
+    assert "Round 1 in progress (Step 1)" in page.locator(".round-progress").inner_text()
+    assert "round 1 running" in page.locator(".rounds-completed").inner_text()
     page.get_by_text("Rounds completed: 1").wait_for(timeout=120_000)
     answers = page.locator(".answer")
     answers.first.wait_for(timeout=10_000)
@@ -131,6 +187,11 @@ def test_step_shows_progress_then_answers_and_plots(server: str, browser, tmp_pa
     assert page.locator(".advertiser-table tbody tr").count() >= 1
     assert page.locator(".round-progress").count() == 0
     assert page.locator("img").count() >= 2  # the two matplotlib figures
+    outcomes = page.locator(".market-outcome").all_inner_texts()
+    if all(text.startswith("exposed: none") for text in outcomes):  # the page says why
+        assert "inserted no valid ad" in page.locator(".no-ad-note").inner_text()
+    else:
+        assert page.locator(".no-ad-note").count() == 0
     page.wait_for_timeout(500)
     shot = tmp_path / "viz.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 import sys
@@ -43,7 +44,10 @@ from llmauction_sim.config import RunConfig
 from llmauction_sim.domain.mentions import validate_response
 from llmauction_sim.market.agents import AdvertiserAgent, bid_policy_names
 from llmauction_sim.market.model import AdMarket
+from llmauction_sim.market.run import NO_AD_NOTE
 
+logger = logging.getLogger(__name__)
+TITLE = "llmauction_sim market"
 DATA_ENV = "LLMAUCTION_VIZ_DATA"
 CONFIG_ENV = "LLMAUCTION_VIZ_CONFIG"
 ADVERTISER_COLUMNS = ["ad_id", "title", "value_per_click", "bid", "auctions", "exposures",
@@ -59,7 +63,7 @@ class MarketView:
 
     rounds: int = 0
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-    advertisers: pd.DataFrame = field(default_factory=pd.DataFrame)  # (round, ad) rows
+    advertisers: pd.DataFrame = field(default_factory=pd.DataFrame)  # (round, ad) rows, with type
     records: tuple[dict, ...] = ()
 
 
@@ -71,9 +75,10 @@ def _describe(exc: BaseException) -> str:
 class VizMarket(AdMarket):
     """`AdMarket` built from the page's keyword parameters (what SolaraViz passes on Reset).
 
-    A bad parameter never raises: the model keeps the message in ``error`` (shown on the page) and
-    does nothing on ``step()``. Subclasses made by `make_market_class` bind the data folder and
-    the base config.
+    A bad parameter never raises: the model keeps the message in ``error`` (shown on the page,
+    with ``error_advice``) and does nothing on ``step()``; so does a round that fails, whose
+    traceback also goes to the server's log. Subclasses made by `make_market_class` bind the data
+    folder and the base config.
     """
 
     data_dir: ClassVar[str | None] = None
@@ -83,6 +88,7 @@ class VizMarket(AdMarket):
                  bidding: str | None = None, candidates: Any = None,
                  queries_per_step: Any = None, model_name: str | None = None, seed: Any = None):
         self.error: str | None = None
+        self.error_advice = "Change the parameters and press Reset."
         self.round_in_progress = False
         self.round_started: float | None = None
         self.round_number = 0
@@ -147,8 +153,11 @@ class VizMarket(AdMarket):
                 self.steps += 1
                 AdMarket.step(self)
                 self.view = self.snapshot()
-        except Exception as exc:  # noqa: BLE001 - shown on the page
+        except Exception as exc:  # noqa: BLE001 - shown on the page, traceback in the log
+            logger.exception("market round %d failed", self.steps)
             self.error = f"round {self.steps} failed: {_describe(exc)}"
+            self.error_advice = ("The market stopped; the server's log has the traceback. "
+                                 "Reset starts a new market.")
             self.running = False
         finally:
             self.round_in_progress = False
@@ -169,6 +178,7 @@ class VizMarket(AdMarket):
         adv = adv.rename(columns={"Step": "round"})
         titles = {ad.id: ad.title for ad in self.catalog}
         adv["title"] = adv["ad_id"].map(titles)
+        adv["type"] = adv["ad_id"].map({i: a.policy.name for i, a in self.advertisers.items()})
         return MarketView(self.steps, metrics, adv, tuple(dict(r) for r in self.round_records))
 
 
@@ -218,10 +228,13 @@ CSS = """
 .ad-invalid { background: #ffcdd2; color: #b71c1c; border-radius: 3px; padding: 0 2px;
               text-decoration: wavy underline; }
 .market-query { font-weight: bold; }
+.no-ad-note { border-left: 4px solid #fb8c00; background: #fff3e0; color: #e65100;
+              padding: 4px 8px; margin: 4px 0; }
 .market-bids, .market-outcome { font-size: 85%; color: #607d8b; }
 .market-scroll { max-height: 370px; overflow-y: auto; }
 .market-table { border-collapse: collapse; font-size: 85%; }
 .market-table td, .market-table th { border: 1px solid #cfd8dc; padding: 2px 6px; }
+.v-tabs { display: none; }  /* Mesa's tab strip: one page, labelled "Page 0" */
 """
 
 
@@ -250,8 +263,10 @@ def conversation_html(model: VizMarket) -> str:
     ids = set(titles)
     parts = [f'<div class="market-conversation"><div><b>Round {view.rounds}</b>: '
              f'{len(view.records)} queries</div>']
+    if not any(r["exposed"] for r in view.records):
+        parts.append(f'<div class="no-ad-note">In this round {html.escape(NO_AD_NOTE)}.</div>')
     for r in view.records:
-        bids = json.loads(r["bids"])
+        bids = r["bids"]
         clicked = set(r["clicked"])
         cands = {i: titles.get(i, i) for i in r["candidates"]}
         bid_text = ", ".join(
@@ -288,14 +303,17 @@ def StatusView(model: VizMarket):
     with solara.Column(classes=["market-status"]):
         if model.error:
             solara.Error(model.error, classes=["market-error"])
-            solara.Text("Change the parameters and press Reset.")
+            solara.Text(model.error_advice)
         if busy:
-            n = model.config.market.queries_per_step
-            solara.Text(f"Round {model.round_number} in progress: answering {n} queries in one "
-                        "batched Ad-LLM call, then judging clicks...", classes=["round-progress"])
+            n, k = model.config.market.queries_per_step, model.round_number
+            # Mesa's sidebar "Step: k" counts rounds started: name it here so the counts agree.
+            solara.Text(f"Round {k} in progress (Step {k}): answering {n} queries in one batched "
+                        "Ad-LLM call, then judging clicks...", classes=["round-progress"])
             solara.ProgressLinear(True)
         if not model.error:
-            solara.Text(f"Rounds completed: {model.view.rounds}", classes=["rounds-completed"])
+            running = f" (round {model.round_number} running)" if busy else ""
+            solara.Text(f"Rounds completed: {model.view.rounds}{running}",
+                        classes=["rounds-completed"])
             cfg = model.config
             solara.Text(f"{cfg.market.mechanism} on {cfg.ad_llm.name}, judge {cfg.clicks.judge}, "
                         f"bids {cfg.market.bidding}, K={cfg.retrieval.num_candidates}, "
@@ -318,28 +336,35 @@ def _metrics_figure(view: MarketView) -> Figure:
             ax.plot(view.metrics.index, view.metrics[col], marker="o")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if view.metrics.empty or view.metrics["ctr"].isna().all():
+        axes[1].text(0.5, 0.5, "no ads exposed yet: CTR is undefined", ha="center",
+                     va="center", transform=axes[1].transAxes, color="gray")
     _round_axis(axes[-1], view)
     return fig
 
 
 def _advertiser_figure(view: MarketView) -> Figure:
+    """Mean bid and ROI per advertiser type (bid policy) over rounds, among the advertisers that
+    took part: one labelled line per type rather than one per ad."""
     fig = Figure(figsize=(6.2, 3.6), layout="constrained")
     ax_bid, ax_roi = fig.subplots(2, 1, sharex=True)
     adv = view.advertisers
-    if not adv.empty:
-        latest = adv[adv["round"] == adv["round"].max()]
-        active = latest[latest["auctions"] > 0].sort_values("auctions", ascending=False)["ad_id"]
-        for ad_id in active:
-            rows = adv[adv["ad_id"] == ad_id]
-            ax_bid.plot(rows["round"], rows["bid"], marker=".", label=ad_id)
-            ax_roi.plot(rows["round"], rows["roi"], marker=".", label=ad_id)
-        if 0 < len(active) <= 12:
-            ax_bid.legend(fontsize=7, ncol=3)
-        if adv["roi"].isna().all():
-            ax_roi.text(0.5, 0.5, "no spend yet (ROI undefined)", ha="center", va="center",
-                        transform=ax_roi.transAxes, color="gray")
-    ax_bid.set_ylabel("bid (latest)")
-    ax_roi.set_ylabel("ROI (value / spend)")
+    joined = adv[adv["auctions"] > 0] if not adv.empty else adv
+    for kind, rows in (joined.groupby("type") if not joined.empty else []):
+        per_round = rows.groupby("round")
+        ads = rows.loc[rows["round"] == rows["round"].max(), "ad_id"].nunique()
+        label = f"{kind} ({ads} ads)"
+        line, = ax_bid.plot(per_round["bid"].mean(), marker=".", label=label)
+        low, high = per_round["bid"].min(), per_round["bid"].max()
+        ax_bid.fill_between(low.index, low, high, color=line.get_color(), alpha=0.15)
+        ax_roi.plot(per_round["roi"].mean(), marker=".", color=line.get_color())
+    if not joined.empty:
+        ax_bid.legend(fontsize=7)
+    if joined.empty or joined["roi"].isna().all():
+        ax_roi.text(0.5, 0.5, "no spend yet (ROI undefined)", ha="center", va="center",
+                    transform=ax_roi.transAxes, color="gray")
+    ax_bid.set_ylabel("bid: mean, range")
+    ax_roi.set_ylabel("mean ROI")
     for ax in (ax_bid, ax_roi):
         ax.grid(alpha=0.3)
     _round_axis(ax_roi, view)
@@ -362,7 +387,7 @@ def MetricsPlot(model: VizMarket):
 
 @solara.component
 def AdvertiserPlot(model: VizMarket):
-    """Bid and ROI of every advertiser that took part, over rounds."""
+    """Bid and ROI per advertiser type over rounds."""
     update_counter.get()
     view = model.view
     fig = solara.use_memo(lambda: _small(_advertiser_figure, view), [id(model), view.rounds])
@@ -415,8 +440,8 @@ Market = _market_class_from_env()
 def Page():
     params = model_params(Market.base_config)
     model = solara.use_memo(lambda: Market(**{k: v["value"] for k, v in params.items()}), [])
-    SolaraViz(model, components=COMPONENTS, model_params=params, name="LLM ad market",
-              play_interval=500)
+    solara.Title(TITLE)  # the browser tab's title
+    SolaraViz(model, components=COMPONENTS, model_params=params, name=TITLE, play_interval=500)
 
 
 # --------------------------------------------------------------------------------------------------

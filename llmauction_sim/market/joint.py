@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import ConfigError, RunConfig
+from llmauction_sim.tables import read_query_log, write_query_log
 
 SINGLE_PASS = ("pretrained", "llm_auction")
 
@@ -58,7 +59,7 @@ def _market_steps(folder: Path) -> int:
 
 
 def _block_log(market_dir: Path, first: int, last: int) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(market_dir / ".state" / f"step-{t:06d}.queries.parquet")
+    return pd.concat([read_query_log(market_dir / ".state" / f"step-{t:06d}.queries.parquet")
                       for t in range(first, last + 1)], ignore_index=True)
 
 
@@ -103,7 +104,8 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
             log_path = irpo_dir / f"epoch-{block}" / MARKET_LOG
             if not log_path.is_file():
                 log_path.parent.mkdir(parents=True, exist_ok=True)
-                _block_log(market_dir, (block - 1) * k + 1, block * k).to_parquet(log_path)
+                write_query_log(_block_log(market_dir, (block - 1) * k + 1, block * k),
+                                log_path)
             run.say(f"epoch {block}: training on market rounds {(block - 1) * k + 1}-{block * k}")
             advance(run, block)
         target = min((block + 1) * k, steps)

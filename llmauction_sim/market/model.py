@@ -9,7 +9,6 @@ click for the paper's mechanisms). Every random draw of round t comes from a Gen
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -160,17 +159,17 @@ class AdMarket(mesa.Model):
                 "query": text,
                 "response": alloc.response,
                 "candidates": [ad.id for ad in request.candidates],
-                "bids": json.dumps(request.bids, sort_keys=True),
+                "bids": dict(request.bids),
                 "exposed": list(exposed),
                 "clicked": list(clicked),
-                "click_probabilities": json.dumps(decision.probabilities, sort_keys=True),
+                "click_probabilities": dict(decision.probabilities),
                 "revenue": revenue,
                 "format_penalty": alloc.penalty,
                 # Paper's R with the realised clicks standing in for pCTR (no reward model yet).
                 "reward": revenue - alloc.penalty,
                 "format_errors": alloc.report.num_errors,
-                "format_error_kinds": json.dumps(
-                    {k: v for k, v in alloc.report.error_counts().items() if v}, sort_keys=True),
+                "format_error_kinds": {k: v for k, v in alloc.report.error_counts().items()
+                                       if v},
                 "judge_malformed": bool(decision.malformed),
             })
         for advertiser in self.advertisers.values():  # learners update once per round

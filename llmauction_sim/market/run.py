@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 
 from llmauction_sim.config import RunConfig
 from llmauction_sim.manifest import environment, write_json
+from llmauction_sim.tables import read_query_log, write_query_log
 
+# Why a market shows no ad (the CLI's demo and the browser page say it).
+NO_AD_NOTE = ("the Ad-LLM inserted no valid ad, so nothing was clicked or paid: the small "
+              "embedded model rarely writes the @Title@[ID] markup before training "
+              "(docs/market.md)")
 PLOTTED = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
            "format_error_rate", "no_ad_rate")
 
@@ -115,7 +120,7 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
         state = json.loads(state_file.read_text())
         market.load_state(state["market"])
         done = market.steps
-        market.history = [pd.read_parquet(state_dir / f"step-{t:06d}.queries.parquet")
+        market.history = [read_query_log(state_dir / f"step-{t:06d}.queries.parquet")
                           for t in range(1, done + 1)]
     for part in state_dir.glob("step-*.parquet"):  # from a round that never committed its state
         if int(part.name.split("-")[1].split(".")[0]) > done:
@@ -126,7 +131,7 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
     while market.steps < config.market.steps:
         market.step()
         t = market.steps
-        _atomic_parquet(pd.DataFrame(market.round_records),
+        write_query_log(pd.DataFrame(market.round_records),
                         state_dir / f"step-{t:06d}.queries.parquet")
         metrics = market.datacollector.get_model_vars_dataframe().iloc[[-1]].assign(step=t)
         _atomic_parquet(metrics, state_dir / f"step-{t:06d}.metrics.parquet")
@@ -141,8 +146,8 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
 
 
 def _gather(state_dir: Path, kind: str, steps: int) -> pd.DataFrame:
-    parts = [pd.read_parquet(state_dir / f"step-{t:06d}.{kind}.parquet")
-             for t in range(1, steps + 1)]
+    read = read_query_log if kind == "queries" else pd.read_parquet
+    parts = [read(state_dir / f"step-{t:06d}.{kind}.parquet") for t in range(1, steps + 1)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -177,7 +182,7 @@ def finalize(out: Path, config: RunConfig, timings: dict, seconds: float) -> dic
     metrics = _gather(state_dir, "metrics", steps)
     metrics = metrics[["step", *[c for c in metrics.columns if c != "step"]]]
     advertisers = _gather(state_dir, "advertisers", steps)
-    _atomic_parquet(queries, out / "queries.parquet")
+    write_query_log(queries, out / "queries.parquet")
     _atomic_parquet(metrics, out / "metrics.parquet")
     _atomic_parquet(advertisers, out / "advertisers.parquet")
     summary = {"steps": steps, "seed": config.seed, "mechanism": config.market.mechanism,
@@ -195,28 +200,36 @@ def finalize(out: Path, config: RunConfig, timings: dict, seconds: float) -> dic
     return summary
 
 
-def plot_metrics(metrics: pd.DataFrame, path: Path) -> None:
-    import matplotlib
+def metrics_figure(metrics: pd.DataFrame):
+    """The reporters over rounds (a matplotlib Figure of its own: no pyplot state, so a notebook
+    keeps its inline backend)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True)
+    fig = Figure(figsize=(12, 6), layout="constrained")
+    axes = fig.subplots(2, 3, sharex=True)
     for ax, name in zip(axes.flat, PLOTTED):
         ax.plot(metrics["step"], metrics[name], marker="o", ms=3)
         ax.set_title(name.replace("_", " "))
         ax.grid(alpha=0.3)
+        if name == "ctr" and metrics[name].isna().all():
+            ax.text(0.5, 0.5, "no ads exposed:\nCTR is undefined", ha="center",
+                    va="center", transform=ax.transAxes, color="gray")
     for ax in axes[-1]:
         ax.set_xlabel("round")
-    fig.tight_layout()
+    axes[-1, 0].set_xlim(metrics["step"].min() - 0.5, metrics["step"].max() + 0.5)  # shared
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    return fig
+
+
+def plot_metrics(metrics: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    metrics_figure(metrics).savefig(tmp, dpi=100)
     os.replace(tmp, path)
 
 
 def sample_answers(out: str | Path, count: int = 2) -> pd.DataFrame:
     """A few answers of a run, preferring ones with inserted ads (for printing)."""
-    queries = pd.read_parquet(Path(out) / "queries.parquet")
+    queries = read_query_log(Path(out) / "queries.parquet")
     order = np.argsort(-queries["exposed"].map(len).to_numpy(), kind="stable")
     return queries.iloc[order[:count]]

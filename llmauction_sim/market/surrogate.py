@@ -21,7 +21,6 @@ as after an LLM round. `surrogate_error` compares the surrogate with fresh LLM r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,10 +49,9 @@ def auctions_from_log(log: pd.DataFrame, ad_ids: Sequence[str]) -> Auctions:
     bids = np.zeros((n, k))
     exposed = np.zeros((n, k))
     prob = np.full((n, k), np.nan)
-    for row, (cands, bid_json, shown, probs) in enumerate(zip(
+    for row, (cands, bid_map, shown, probs) in enumerate(zip(
             log["candidates"], log["bids"], log["exposed"], log["click_probabilities"])):
-        b = json.loads(bid_json)
-        p = json.loads(probs)
+        b, p = dict(bid_map), dict(probs)  # dicts, or the pairs a plain pd.read_parquet gives
         shown = set(shown)
         for j, ad in enumerate(cands):
             ads[row, j] = index[ad]
