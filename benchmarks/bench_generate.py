@@ -5,11 +5,13 @@ settings on the same model, in one run. Prints tokens/s of both and the ratio; -
 
     python benchmarks/bench_generate.py [--prompts 64] [--max-new-tokens 64] [--json]
     python benchmarks/bench_generate.py --skip-naive --compare-cpu-kernels  # kernels on vs off
+    python benchmarks/bench_generate.py --skip-naive --compare-dtypes  # float32 vs bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +26,7 @@ from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.domain.catalog import load_catalog  # noqa: E402
 from llmauction_sim.domain.users import generate_profiles  # noqa: E402
 from llmauction_sim.lm.base import SamplingParams  # noqa: E402
+from llmauction_sim.lm.devices import cpu_description, resolve_dtype  # noqa: E402
 from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder  # noqa: E402
 from llmauction_sim.lm.hf import load_language_model  # noqa: E402
 from llmauction_sim.lm.prompts import ad_llm_messages  # noqa: E402
@@ -31,6 +34,15 @@ from llmauction_sim.lm.query_writer import TemplateQueryWriter, topics_for  # no
 
 
 def ad_llm_prompts(config: RunConfig, count: int, seed: int):
+    return [ad_llm_messages(r.profile, r.query, r.candidates, r.bids, config.ad_prompt)
+            for r in ad_llm_requests(config, count, seed)]
+
+
+def ad_llm_requests(config: RunConfig, count: int, seed: int):
+    """`count` auctions: generated profiles, template queries, retrieved candidates, integer
+    bids uniform in 1..100."""
+    from llmauction_sim.mechanisms import AuctionRequest
+
     catalog = load_catalog()
     profiles = generate_profiles(count, seed, catalog)
     writer = TemplateQueryWriter(seed)
@@ -40,11 +52,11 @@ def ad_llm_prompts(config: RunConfig, count: int, seed: int):
                                    config.retrieval.num_candidates,
                                    config.retrieval.profile_weight)
     rng = np.random.default_rng(seed)
-    prompts = []
-    for p, q, cands in zip(profiles, queries, retriever.retrieve(profiles, queries)):
-        bids = {ad.id: int(b) for ad, b in zip(cands, rng.integers(1, 101, len(cands)))}
-        prompts.append(ad_llm_messages(p, q, cands, bids))
-    return prompts
+    return [AuctionRequest(f"q{i}", p, q, tuple(cands),
+                           {ad.id: float(b) for ad, b in zip(cands, rng.integers(1, 101,
+                                                                                len(cands)))})
+            for i, (p, q, cands) in enumerate(zip(profiles, queries,
+                                                  retriever.retrieve(profiles, queries)))]
 
 
 def naive_loop(lm, prompts, params: SamplingParams) -> tuple[int, float]:
@@ -82,12 +94,20 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-naive", action="store_true", help="time the batched path only")
     parser.add_argument("--compare-cpu-kernels", action="store_true",
                         help="also time the batched path with ad_llm.cpu_kernels off, in this run")
+    parser.add_argument("--compare-dtypes", action="store_true",
+                        help="time the batched path in float32 and in bfloat16 in this run "
+                        "(overrides ad_llm.dtype; the naive loop uses float32)")
+    parser.add_argument("--dtype", help="override ad_llm.dtype (float32, bfloat16, float16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
     config = RunConfig(seed=args.seed)
     if args.batch_size:
         config = config.with_overrides([f"ad_llm.max_batch_size={args.batch_size}"])
+    if args.compare_dtypes:
+        args.dtype = "float32"
+    if args.dtype:
+        config = config.with_overrides([f"ad_llm.dtype={args.dtype}"])
     lm = load_language_model(config.ad_llm, seed=args.seed)
     prompts = ad_llm_prompts(config, args.prompts, args.seed)
     max_new = args.max_new_tokens or config.ad_sampling.max_new_tokens
@@ -96,7 +116,9 @@ def main(argv=None) -> int:
     lm.generate(prompts[:2], params)  # warm-up: allocator, kernels
 
     result = {"model": config.ad_llm.name, "dtype": str(lm.model.dtype).replace("torch.", ""),
-              "threads": torch.get_num_threads(), "prompts": len(prompts),
+              "auto_dtype": str(resolve_dtype("auto", torch.device("cpu"))).replace("torch.", ""),
+              "cpu": cpu_description(), "threads": torch.get_num_threads(),
+              "prompts": len(prompts),
               "mean_prompt_tokens": float(np.mean(prompt_tokens)),
               "max_new_tokens": max_new, "batch_size": lm.max_batch_size,
               "cpu_kernels": lm.cpu_kernels}
@@ -110,6 +132,14 @@ def main(argv=None) -> int:
         result.update(no_kernels_tokens=p_tokens, no_kernels_seconds=round(p_seconds, 2),
                       no_kernels_tok_s=round(p_tokens / p_seconds, 1),
                       cpu_kernels_ratio=round(p_seconds / b_seconds * b_tokens / p_tokens, 2))
+    if args.compare_dtypes:
+        other = load_language_model(dataclasses.replace(config.ad_llm, dtype="bfloat16"),
+                                    seed=args.seed)
+        other.generate(prompts[:2], params)
+        h_tokens, h_seconds = batched(other, prompts, params)
+        result.update(bf16_tokens=h_tokens, bf16_seconds=round(h_seconds, 2),
+                      bf16_tok_s=round(h_tokens / h_seconds, 1),
+                      bf16_over_float32=round(h_tokens / h_seconds * b_seconds / b_tokens, 2))
     if not args.skip_naive:
         naive_prompts = prompts[:args.naive_prompts] if args.naive_prompts else prompts
         n_tokens, n_seconds = naive_loop(lm, naive_prompts, params)

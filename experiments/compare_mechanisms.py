@@ -1,8 +1,10 @@
-"""Every registered mechanism on the same test auctions (queries, bids, click-judge draws).
+"""Every registered mechanism on the same test auctions (queries, candidates, bids, click model),
+compared pairwise with 95% intervals (llmauction_sim/comparison.py).
 
-Writes one table (Markdown and CSV) with the command that made it:
+    python experiments/compare_mechanisms.py --test-queries 240 --data DIR --out docs/results
 
-    python experiments/compare_mechanisms.py --test-queries 8 --data DIR --out docs/results
+Writes compare_mechanisms.md and .csv with the command that made them; the run folders (one per
+mechanism, resumable by rerunning) stay under --work.
 """
 
 from __future__ import annotations
@@ -17,20 +19,18 @@ import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from llmauction_sim.comparison import comparison_markdown  # noqa: E402
 from llmauction_sim.config import RunConfig  # noqa: E402
-from llmauction_sim.evaluation import evaluate  # noqa: E402
-from llmauction_sim.lm.hf import load_language_model  # noqa: E402
+from llmauction_sim.evaluation import evaluate_many  # noqa: E402
 from llmauction_sim.mechanisms import mechanism_names  # noqa: E402
-from llmauction_sim.tables import markdown_table  # noqa: E402
-
-COLUMNS = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
-           "format_error_rate", "generations_per_query", "seconds_per_query")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--test-queries", type=int, default=8)
-    parser.add_argument("--mechanisms", default=",".join(mechanism_names()))
+    parser.add_argument("--test-queries", type=int, default=240)
+    parser.add_argument("--mechanisms", default=",".join(mechanism_names()),
+                        help="comma-separated; the first is the reference of the paired "
+                        "differences")
     parser.add_argument("--data", help="a `data build` folder (default: built in the work dir)")
     parser.add_argument("--work", default="runs/compare-mechanisms", help="run folders")
     parser.add_argument("--out", default="docs/results", help="where the table goes")
@@ -40,23 +40,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     config = RunConfig(seed=args.seed).with_overrides(args.overrides)
-    lm = load_language_model(config.ad_llm, seed=config.seed)
+    names = [n for n in args.mechanisms.split(",") if n]
     work = Path(args.work)
-    data = args.data
-    rows = []
-    for name in args.mechanisms.split(","):
-        summary = evaluate(config, name, args.test_queries, work / name, data, ad_lm=lm)
-        data = data or work / name / "data"  # the first run's build serves the others
-        rows.append({"mechanism": name, **{c: summary.get(c) for c in COLUMNS}})
-        print(f"{name}: {rows[-1]}", flush=True)
-    table = pd.DataFrame(rows)
+    table = evaluate_many(config, names, args.test_queries, work, args.data,
+                          progress=lambda text: print(text, file=sys.stderr, flush=True))
+    paired = pd.read_csv(work / "paired.csv")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "compare_mechanisms.csv", index=False)
     command = "python experiments/compare_mechanisms.py " + shlex.join(sys.argv[1:])
     (out / "compare_mechanisms.md").write_text(
         f"# Mechanisms on the same test auctions\n\n```\n{command}\n```\n\n"
-        + markdown_table(table) + "\n")
+        f"Settings on top of the defaults: {args.overrides or 'none'}.\n\n"
+        + comparison_markdown(table, paired, names[0]) + "\n")
     return 0
 
 

@@ -261,19 +261,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(Path(args.out), summary, answers=2)
     if not summary["exposures"]:
         print(f"\nnote: {NO_AD_NOTE}.")
+    if config.market.mechanism != BID_BLIND:
+        _print_bid_awareness(config, Path(args.out), quiet=args.quiet)
     return 0
+
+
+BID_BLIND = "llm_auction"  # untrained: pi_0 in one pass, which ignores the bids
+
+
+def _print_bid_awareness(config: RunConfig, out: Path, quiet: bool) -> None:
+    """The run's mechanism against the bid-blind pi_0 on the same queries and bids."""
+    from llmauction_sim.demo import headline, replay
+    from llmauction_sim.tables import read_query_log
+
+    if not quiet:
+        print(f"\nreplaying the same {config.market.steps * config.market.queries_per_step} "
+              f"auctions through {BID_BLIND} (pi_0 in one pass, bid-blind) ...", file=sys.stderr)
+    rows = {config.market.mechanism: headline(read_query_log(out / "queries.parquet")),
+            f"{BID_BLIND} (bid-blind)": headline(replay(config, out, BID_BLIND))}
+    print("\nsame queries and bids:")
+    print(f"  {'mechanism':<28} {'top bid shown':>13} {'revenue/query':>13} "
+          f"{'E[revenue]/query':>16} {'ads/answer':>10}")
+    for name, h in rows.items():
+        print(f"  {name:<28} {h['top_bid_shown']:>13.0%} {h['revenue_per_query']:>13.2f} "
+              f"{h['expected_revenue_per_query']:>16.2f} {h['ads_per_answer']:>10.2f}")
+    print("(top bid shown: share of answers that mention the auction's highest bidder; "
+          "E[revenue]: bid x the click model's probability, summed over shown ads)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from llmauction_sim.evaluation import evaluate
+    from llmauction_sim.evaluation import evaluate, evaluate_many
     from llmauction_sim.mechanisms import check_mechanism
 
-    check_mechanism(args.mechanism)
-    config = _resolve_config(args, [f"market.mechanism={args.mechanism}",
-                                    *_checkpoint_opts(args)])
-    summary = evaluate(config, args.mechanism, args.test_queries, args.out, args.data)
+    names = [n.strip() for n in args.mechanism.split(",") if n.strip()]
+    for name in names:
+        check_mechanism(name)
+    config = _resolve_config(args, [f"market.mechanism={names[0]}", *_checkpoint_opts(args)])
+    if len(names) > 1:
+        evaluate_many(config, names, args.test_queries, args.out, args.data,
+                      progress=lambda text: _say(args, text))
+        print((Path(args.out) / "comparison.md").read_text())
+        return 0
+    summary = evaluate(config, names[0], args.test_queries, args.out, args.data)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -498,12 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
     docs.set_defaults(func=cmd_config_docs)
 
     evaluate = sub.add_parser(
-        "evaluate", help="compare a mechanism on the same test queries, bids and judge",
-        description="Run one mechanism on N test queries (same queries, candidates, bids and "
+        "evaluate", help="compare mechanisms on the same test queries, bids and judge",
+        description="Run a mechanism on N test queries (same queries, candidates, bids and "
         "click judge for every mechanism at a given seed) and write OUT/summary.json and "
-        "OUT/queries.parquet.")
-    evaluate.add_argument("--mechanism", required=True, help="registered mechanism name")
-    evaluate.add_argument("--test-queries", type=int, default=8, help="test queries (default 8)")
+        "OUT/queries.parquet. With several mechanisms (a,b,c) each runs into OUT/<name>/ and "
+        "OUT/comparison.md holds the paired comparison with 95%% intervals: expected and "
+        "realised revenue, the share of exposures that go to the top bid, Spearman of exposure "
+        "against bid, format errors, and differences against the first mechanism "
+        "(docs/mechanisms.md).")
+    evaluate.epilog = _mechanisms_epilog
+    evaluate.add_argument("--mechanism", required=True,
+                          help="registered mechanism name, or several separated by commas")
+    evaluate.add_argument("--test-queries", type=int, default=8,
+                          help="test queries (default 8; >= 240 for intervals that separate "
+                          "mechanisms)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     evaluate.add_argument("--data", type=Path, help="folder of `data build` (default: a "
                           "template-written build inside --out)")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")

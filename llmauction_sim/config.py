@@ -280,10 +280,22 @@ class SamplingConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class AdPromptConfig(ConfigBase):
+    """How the Ad-LLM's prompt lists the auction (docs/prompts.md)."""
+    style: str = option("compact", "'compact': short rules and one line per candidate (ID | title "
+                        "| bid), for small models on a CPU; 'paper': the paper's rules and the "
+                        "candidates as JSON.", choices=["compact", "paper"])
+    bid_digits: int = option(3, "compact: bids written with this many integer digits, zero-padded "
+                             "(bid 007, bid 087, bid 100), so a bid's leading digit carries the "
+                             "same weight in every line; 0 = as plain numbers.", min=0)
+
+
+@dataclass(frozen=True)
 class RetrievalConfig(ConfigBase):
     num_candidates: int | str = option(
-        6, "Candidate ads put in the Ad-LLM prompt (top-K by relevance), or 'all' for the whole "
-        "catalog as in the paper.")
+        4, "Candidate ads put in the Ad-LLM prompt (top-K by relevance), or 'all' for the whole "
+        "catalog as in the paper (4 keeps the prompt short and the choice one the embedded "
+        "model can learn; docs/irpo.md).")
     encoder: str = option("all-minilm-l6-v2", "Sentence encoder for relevance: the packaged "
                           "MiniLM name, or a sentence-transformers model id/folder.")
     profile_weight: float = option(0.35, "Weight of the profile's interests against the query "
@@ -367,7 +379,9 @@ class MarketConfig(ConfigBase):
     steps: int = option(10, "Rounds to simulate.", min=1)
     queries_per_step: int = option(8, "Queries asked per round; all go to the Ad-LLM in one "
                                    "batched call.", min=1)
-    mechanism: str = option("pretrained", "Auction mechanism, by registered name.")
+    mechanism: str = option("llm_auction_tilted", "Auction mechanism, by registered name "
+                            "(default: the paper's optimal policy applied at decoding time on "
+                            "the shipped warm start; docs/mechanisms.md).")
     bidding: str = option("uniform_per_query", "Advertisers' bid policy: 'uniform_per_query' "
                           "(paper: integer bid drawn uniformly per query), 'fixed' (one bid per "
                           "ad, drawn once), a learner ('value_maximizer', 'utility_maximizer', "
@@ -429,7 +443,21 @@ class MechanismConfig(ConfigBase):
     llm_auction_checkpoint: str | None = option(
         None, "llm_auction: model name or folder of the trained Ad-LLM (default ad_llm.name).")
     llm_auction_adapter: str | None = option(
-        None, "llm_auction: PEFT adapter folder of the trained Ad-LLM (default ad_llm.adapter).")
+        None, "llm_auction: PEFT adapter folder or packaged adapter name of the trained Ad-LLM "
+        "(default ad_llm.adapter).")
+    policy_adapter: str | None = option(
+        "smollm2-135m-warmstart", "The Ad-LLM policy pi_0 of llm_auction (untrained), "
+        "llm_auction_tilted, llm_auction_ranked, mosaic and pregen_gsp: a packaged adapter name "
+        "or adapter folder on ad_llm.name. The default, the shipped format warm start of the "
+        "embedded model (it writes the markup, bid-blind), applies to that model only; other "
+        "models run as configured. None = ad_llm as configured (`pretrained` always is).")
+    tilted_temperature: float = option(
+        5.0, "llm_auction_tilted: temperature T of the tilt exp(u/T), in bid units (the "
+        "paper's beta); smaller is closer to the argmax of bid x pCTR, larger to pi_0.",
+        min=0.0, exclusive_min=True)
+    tilted_max_ads: int = option(2, "llm_auction_tilted: most mentions per answer.", min=1)
+    tilted_lambda: float = option(1.0, "llm_auction_tilted: weight lambda of the format "
+                                  "penalty's per-ad cost in the utility u.", min=0.0)
 
 
 # The learning sections live next to their code; imported here, after ConfigBase is defined.
@@ -446,6 +474,8 @@ class PctrConfig(ConfigBase):
     learning_rate: float = option(1e-3, "Adam learning rate.", min=0, exclusive_min=True)
     batch_size: int = option(256, "Training batch size.", min=1)
     epochs: int = option(10, "Passes over the training rows.", min=1)
+    min_steps: int = option(300, "At least this many optimizer steps (more passes over a small "
+                            "click log, which ten epochs would leave nearly constant).", min=0)
     weight_decay: float = option(0.0, "Adam weight decay.", min=0)
     unknown_id_rate: float = option(0.05, "Share of training rows whose user/ad ID is replaced by "
                                     "the 'unknown' row, so that row is learned.", min=0, max=1)
@@ -466,18 +496,22 @@ class DpoConfig(ConfigBase):
     beta: float = option(0.1, "DPO temperature beta (KL strength to the phase's reference).",
                          min=0, exclusive_min=True)
     lora: bool = option(True, "Train a LoRA adapter (PEFT); false = full fine-tuning.")
-    lora_r: int = option(8, "LoRA rank.", min=1)
-    lora_alpha: int = option(16, "LoRA scaling alpha.", min=1)
+    lora_r: int = option(16, "LoRA rank.", min=1)
+    lora_alpha: int = option(32, "LoRA scaling alpha.", min=1)
     lora_dropout: float = option(0.0, "LoRA dropout.", min=0, max=1)
-    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"],
-                                            "Modules that get LoRA adapters.")
-    learning_rate: float = option(5e-5, "Peak learning rate (the paper uses 1e-6 with full "
-                                  "fine-tuning of a 4B model; LoRA needs a larger one).",
+    lora_target_modules: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Modules that get LoRA adapters (all linear layers: attention alone barely moved the "
+        "embedded model in a few DPO steps).")
+    learning_rate: float = option(5e-4, "Peak learning rate (the paper uses 1e-6 with full "
+                                  "fine-tuning of a 4B model; LoRA needs a far larger one).",
                                   min=0, exclusive_min=True)
     lr_scheduler: str = option("cosine", "Learning-rate schedule.",
                                choices=["cosine", "linear", "constant", "constant_with_warmup"])
-    warmup_ratio: float = option(0.1, "Share of steps spent warming up (TrainingArguments' "
-                                 "warmup_steps as a fraction).", min=0, max=0.99)
+    warmup_ratio: float = option(0.0, "Share of steps spent warming up (TrainingArguments' "
+                                 "warmup_steps as a fraction); 0 trains at the peak rate from "
+                                 "the first step, which a phase of a few steps needs.",
+                                 min=0, max=0.99)
     epochs: float = option(1.0, "Passes over the phase's pairs.", min=0, exclusive_min=True)
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run `epochs`).")
     batch_size: int = option(4, "Pairs per device batch.", min=1)
@@ -516,6 +550,11 @@ class WarmStartConfig(ConfigBase):
                           "the SFT set; 0 = no warm start (the paper's setting).", min=0)
     ads_per_answer: int = option(1, "Candidates, drawn uniformly regardless of bids, inserted "
                                  "per answer.", min=1)
+    no_ad_rate: float = option(0.25, "Share of SFT answers left without a mention, so the policy "
+                               "keeps a real choice of whether to show an ad.", min=0.0, max=1.0)
+    max_sentences: int = option(2, "Sentences of the policy's own answer kept per SFT answer "
+                                "(short answers put the mention early); 0 = all.", min=0)
+    lora: bool = option(True, "Train a LoRA adapter; false = full fine-tuning.")
     learning_rate: float = option(1e-3, "SFT learning rate of the LoRA adapter (merged after).",
                                   min=0, exclusive_min=True)
     lora_r: int = option(16, "LoRA rank of the warm-start adapter.", min=1)
@@ -559,6 +598,7 @@ class RunConfig(ConfigBase):
     user_sampling: SamplingConfig = section(
         lambda: SamplingConfig(temperature=0.3, top_p=0.8, top_k=20, max_new_tokens=64),
         "User-LLM sampling (paper: T=0.3, top-p 0.8, top-k 20).")
+    ad_prompt: AdPromptConfig = section(AdPromptConfig, "The Ad-LLM's prompt.")
     retrieval: RetrievalConfig = section(RetrievalConfig, "Candidate retrieval before the prompt.")
     penalty: PenaltyConfig = section(PenaltyConfig, "Format penalty s_resp(y).")
     data: DataConfig = section(DataConfig, "Synthetic users and their queries.")

@@ -1,12 +1,15 @@
-"""Answer queries with the Ad-LLM outside a market: retrieve, draw bids, run `pretrained` once."""
+"""Outside a market: answer queries with the Ad-LLM (`llmauction answer`), and replay a market
+run's auctions through another mechanism (what `llmauction demo` compares)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import RunConfig
-from llmauction_sim.domain.catalog import Catalog
+from llmauction_sim.domain.catalog import Catalog, load_catalog
 from llmauction_sim.domain.users import profiles_from_frame
 from llmauction_sim.lm.base import LanguageModel
 from llmauction_sim.lm.encoder import CandidateRetriever
@@ -30,3 +33,42 @@ def answer_queries(config: RunConfig, lm: LanguageModel, retriever: CandidateRet
                                           retriever.retrieve(users, texts))]
     mechanism = make_mechanism("pretrained", config, ad_lm=lm, catalog=catalog)
     return list(zip(requests, mechanism.allocate(requests, rng)))
+
+
+def replay(config: RunConfig, out: str | Path, mechanism_name: str) -> pd.DataFrame:
+    """A market run's logged auctions (same users, queries, candidates and bids) answered again by
+    `mechanism_name`, judged by the run's click judge: its per-query log."""
+    from llmauction_sim.clicks.base import make_judge
+    from llmauction_sim.data import load_dataset
+    from llmauction_sim.evaluation import run_auctions
+    from llmauction_sim.lm.encoder import load_encoder
+    from llmauction_sim.tables import read_query_log
+
+    out = Path(out)
+    log = read_query_log(out / "queries.parquet")
+    profiles, _ = load_dataset(config.market.data or out / "data")
+    by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
+    catalog = load_catalog(config.data.catalog)
+    requests = [AuctionRequest(f"{qid}#{i}", by_user[u], q, tuple(catalog.by_id(a) for a in c),
+                               {k: float(v) for k, v in b.items()})
+                for i, (qid, u, q, c, b) in enumerate(zip(log["query_id"], log["user_id"],
+                                                          log["query"], log["candidates"],
+                                                          log["bids"]))]
+    encoder = load_encoder(config.retrieval.encoder)
+    judge = make_judge(config.clicks.judge, config, encoder=encoder, catalog=catalog)
+    mechanism = make_mechanism(mechanism_name, config, catalog=catalog, encoder=encoder,
+                               click_model=judge if hasattr(judge, "probabilities") else None)
+    return run_auctions(mechanism, judge, catalog, requests, config.seed)[0]
+
+
+def headline(log: pd.DataFrame) -> dict:
+    """What the demo prints per mechanism: the share of answers that show the auction's top bid,
+    revenue per query (realised clicks) and expected revenue per query (bid x click
+    probability)."""
+    from llmauction_sim.comparison import AuctionMetrics
+
+    m = AuctionMetrics.from_log(log)
+    return {"answers": len(log), "top_bid_shown": float((m.top_exposed > 0).mean()),
+            "revenue_per_query": float(m.revenue.mean()),
+            "expected_revenue_per_query": float(m.expected_revenue.mean()),
+            "ads_per_answer": float(m.exposures.mean())}

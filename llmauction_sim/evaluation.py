@@ -84,29 +84,19 @@ def _resources(config: RunConfig, catalog, retriever, ad_lm=None, judge=None):
             "click_model": click_model}, judge
 
 
-def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str | Path,
-             data=None, *, ad_lm=None, judge=None, mechanism=None, retriever=None) -> dict:
-    """Allocate, judge clicks and charge on the test auctions; write OUT/summary.json and
-    OUT/queries.parquet; return the summary."""
+def run_auctions(mechanism, judge, catalog, requests, seed: int) -> tuple[pd.DataFrame, float]:
+    """Allocate every auction in one batched call, judge the clicks, charge: the per-query log
+    (one row per auction) and the allocation's seconds. Draws come from seed streams of their
+    own, so mechanisms run on the same auctions see the same generators."""
     from llmauction_sim.clicks.base import ClickRequest
-    from llmauction_sim.manifest import write_json
-    from llmauction_sim.market.run import summarize
-    from llmauction_sim.mechanisms import make_mechanism
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    requests, catalog, retriever = test_auctions(config, test_queries, out, data,
-                                                 retriever=retriever)
-    resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
-    if mechanism is None:
-        mechanism = make_mechanism(mechanism_name, config, **resources)
     start = time.perf_counter()
-    allocations = mechanism.allocate(requests, np.random.default_rng([config.seed, _ALLOCATE]))
+    allocations = mechanism.allocate(requests, np.random.default_rng([seed, _ALLOCATE]))
     seconds = time.perf_counter() - start
     decisions = judge.judge(
         [ClickRequest(r.profile, r.query, a.response,
                       tuple(catalog.by_id(i) for i in a.exposed_ids), a.report.valid)
-         for r, a in zip(requests, allocations)], np.random.default_rng([config.seed, _CLICKS]))
+         for r, a in zip(requests, allocations)], np.random.default_rng([seed, _CLICKS]))
     records = []
     for r, a, d in zip(requests, allocations, decisions):
         clicked = tuple(c for c in d.clicked if c in a.exposed_ids)
@@ -122,7 +112,25 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
             # The paper's R with realised clicks for pCTR, as in the market's log.
             "reward": revenue - a.penalty, "format_errors": a.report.num_errors,
             "judge_malformed": bool(d.malformed)})
-    queries = pd.DataFrame(records)
+    return pd.DataFrame(records), seconds
+
+
+def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str | Path,
+             data=None, *, ad_lm=None, judge=None, mechanism=None, retriever=None) -> dict:
+    """Allocate, judge clicks and charge on the test auctions; write OUT/summary.json and
+    OUT/queries.parquet; return the summary."""
+    from llmauction_sim.manifest import write_json
+    from llmauction_sim.market.run import summarize
+    from llmauction_sim.mechanisms import make_mechanism
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    requests, catalog, retriever = test_auctions(config, test_queries, out, data,
+                                                 retriever=retriever)
+    resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
+    if mechanism is None:
+        mechanism = make_mechanism(mechanism_name, config, **resources)
+    queries, seconds = run_auctions(mechanism, judge, catalog, requests, config.seed)
     write_query_log(queries, out / "queries.parquet")
     generations = getattr(mechanism, "generations_per_query", 1)
     summary = {"mechanism": mechanism_name, "seed": config.seed, "judge": config.clicks.judge,
@@ -131,6 +139,32 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
     write_json(out / "summary.json", summary)
     write_json(out / "config.json", config.to_dict())
     return summary
+
+
+def evaluate_many(config: RunConfig, names: list[str], test_queries: int, out: str | Path,
+                  data=None, *, judge=None, retriever=None, progress=None) -> pd.DataFrame:
+    """`evaluate` each mechanism on the same test auctions (OUT/<name>/), then the paired
+    comparison (comparison.py) in OUT/comparison.{md,csv,json} and OUT/paired.csv; returns the
+    per-mechanism table."""
+    from llmauction_sim.comparison import write_comparison
+    from llmauction_sim.tables import read_query_log
+
+    if len(set(names)) != len(names):
+        raise ValueError(f"--mechanism lists a mechanism twice: {names}")
+    out = Path(out)
+    requests, catalog, retriever = test_auctions(config, test_queries, out, data,
+                                                 retriever=retriever)
+    _, judge = _resources(config, catalog, retriever, None, judge)
+    logs, generations = {}, {}
+    for name in names:
+        if progress:
+            progress(f"evaluating {name} on {len(requests)} test auctions")
+        summary = evaluate(config.with_overrides([f"market.mechanism={name}"]), name,
+                           test_queries, out / name, data, judge=judge, retriever=retriever)
+        logs[name] = read_query_log(out / name / "queries.parquet")
+        generations[name] = float(summary["generations_per_query"])
+    table, _ = write_comparison(out, logs, generations, config.seed)
+    return table
 
 
 def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path, *,

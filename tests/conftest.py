@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -42,3 +45,22 @@ def make_profile(*interests: str, user_id: str = "U-00001", occupation: str = "n
 @pytest.fixture
 def profile_factory():
     return make_profile
+
+
+def cpu_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    """Least process CPU time of `repeats` calls: other processes' load does not count."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        work()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def assert_near_linear(small: Callable[[], object], large: Callable[[], object], size_ratio: float,
+                       slack: float = 3.0) -> None:
+    """`large` (an input `size_ratio` times bigger) costs at most `slack` x linear growth: a
+    quadratic algorithm exceeds that by far for the ratios used here, and timing noise does not
+    reach it. Times are CPU times, measured in the same run."""
+    ratio = cpu_seconds(large) / max(cpu_seconds(small), 1e-4)
+    assert ratio < slack * size_ratio, f"cost grew {ratio:.1f}x for a {size_ratio}x larger input"

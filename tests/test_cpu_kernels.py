@@ -51,8 +51,9 @@ def test_decode_attention_declines_other_layouts() -> None:
     key = torch.randn(2, 1, 16, 8)
     assert cpu_kernels.decode_attention(query, key.transpose(2, 3).transpose(2, 3)[:, :, ::2],
                                         key[:, :, ::2], None, None) is None
-    assert cpu_kernels.decode_attention(query.double(), key.double(), key.double(), None,
-                                        None) is None
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        assert cpu_kernels.decode_attention(query.to(dtype), key.to(dtype), key.to(dtype), None,
+                                            None) is None
     late = key[:, :, 4:12]  # buffer layout, but starting 4 positions in: capacity runs past the end
     assert cpu_kernels.decode_attention(query, late, late, None, None) is None
 

@@ -313,3 +313,66 @@ def test_kl_estimate():
     with pytest.raises(ValueError):
         kl_estimate([], [])
 
+
+
+# --- what the pairs teach: composition, stratified cap ----------------------------------------------
+
+def test_pair_composition_on_hand_made_samples() -> None:
+    from llmauction_sim.domain.catalog import load_catalog
+    from llmauction_sim.domain.mentions import validate_response
+    from llmauction_sim.learning.pairs import pair_composition
+
+    catalog = load_catalog()
+    a, b, c = catalog[0], catalog[1], catalog[2]
+    titles = {ad.id: ad.title for ad in (a, b, c)}
+    bids = {a.id: 90.0, b.id: 40.0, c.id: 10.0}  # a is the top bid
+
+    def rep(text):
+        return validate_response(text, titles, catalog.ids)
+
+    def m(ad):
+        return f"@{ad.title}@[{ad.id}]"
+    chosen = [f"Try {m(a)}.", f"Try {m(b)}.", f"Try {m(c)}.", "No ad.", f"Try {m(b)}."]
+    rejected = [f"Try {m(c)}.", f"Try {m(a)}.", "No ad.", f"Try @{a.title}@[{a.id}.",
+                f"Try @{a.title}@[{a.id}."]
+    out = pair_composition([rep(t) for t in chosen], [rep(t) for t in rejected], [bids] * 5)
+    assert out["pairs"] == 5
+    assert out["valid_vs_valid"] == out["ad_vs_ad"] == 2 / 5
+    assert out["ad_vs_none"] == 1 / 5 and out["none_vs_error"] == 1 / 5
+    assert out["ad_vs_error"] == 1 / 5
+    assert out["chosen_top_bid"] == 1 / 4  # of the 4 chosen answers with an ad, one shows a
+    assert out["valid_pairs_chosen_higher_bid"] == 1 / 2  # a over c yes, b over a no
+    assert sum(v for k, v in out.items() if "_vs_" in k and k != "valid_vs_valid") == 1.0
+    assert pair_composition([], [], []) == {"pairs": 0.0}
+
+
+def test_stratified_subset_spreads_pairs_over_prompts() -> None:
+    from llmauction_sim.learning.pairs import stratified_subset
+
+    prompt_ids = ["p0"] * 10 + ["p1"] * 2 + ["p2"] * 1 + ["p3"] * 3
+    keep = stratified_subset(prompt_ids, 6, np.random.default_rng(0))
+    kept = [prompt_ids[i] for i in keep]
+    assert len(keep) == 6 and list(keep) == sorted(keep)
+    assert set(kept) == {"p0", "p1", "p2", "p3"}  # every prompt once before any twice
+    assert max(kept.count(p) for p in set(kept)) == 2
+    assert len(stratified_subset(prompt_ids, 100, np.random.default_rng(0))) == 16
+
+
+def test_compact_fused_head_scores_the_same_on_a_cpu() -> None:
+    """The CPU patch only skips positions without a label: same log-probs, same loss."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from llmauction_sim.learning.dpo import compact_fused_head
+
+    model = tiny_models.tiny_llama(embedded_tokenizer())
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, 1000, (3, 20), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :12] = -100  # the prompt
+    labels[1, 12:15] = -100
+    full = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    with compact_fused_head():
+        compact = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    torch.testing.assert_close(compact.log_probs, full.log_probs)
+    torch.testing.assert_close(compact.loss, full.loss)

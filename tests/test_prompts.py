@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from llmauction_sim.lm.prompts import ad_llm_messages, query_writer_messages
+from llmauction_sim.config import AdPromptConfig
+from llmauction_sim.lm.prompts import ad_llm_messages, format_bid, query_writer_messages
+
+
+def paper_messages(*args):
+    return ad_llm_messages(*args, AdPromptConfig(style="paper"))
+
 
 QUERIES = ("Which running shoes are best for my first marathon?",
            "How do I brew a strong cup of tea without bitterness?")
@@ -31,9 +37,9 @@ def bids(candidates):
 
 
 def test_roles_and_shared_system_message(candidates, bids, profile_factory) -> None:
-    first = ad_llm_messages(profile_factory("running_shoes"), QUERIES[0], candidates, bids)
+    first = paper_messages(profile_factory("running_shoes"), QUERIES[0], candidates, bids)
     other_bids = {k: 101 - v for k, v in bids.items()}
-    second = ad_llm_messages(profile_factory("tea", user_id="U-00077", occupation="chef",
+    second = paper_messages(profile_factory("tea", user_id="U-00077", occupation="chef",
                                              region="Tokyo, Japan"),
                              QUERIES[1], list(reversed(candidates)), other_bids)
     assert [m["role"] for m in first] == ["system", "user"]
@@ -50,7 +56,7 @@ def test_roles_and_shared_system_message(candidates, bids, profile_factory) -> N
 def test_user_message_has_profile_candidates_and_query(candidates, bids,
                                                        profile_factory) -> None:
     profile = profile_factory("running_shoes", "jazz", occupation="electrician")
-    messages = ad_llm_messages(profile, QUERIES[0], candidates, bids)
+    messages = paper_messages(profile, QUERIES[0], candidates, bids)
     content = messages[1]["content"]
     assert profile.describe() in content
     assert content.splitlines()[-1] == f"Question: {QUERIES[0]}"
@@ -62,7 +68,7 @@ def test_user_message_has_profile_candidates_and_query(candidates, bids,
 
 def test_candidate_order_is_kept(candidates, bids, profile_factory) -> None:
     reordered = [candidates[2], candidates[0], candidates[3], candidates[1]]
-    parsed = candidate_line(ad_llm_messages(profile_factory("tea"), QUERIES[1], reordered, bids))
+    parsed = candidate_line(paper_messages(profile_factory("tea"), QUERIES[1], reordered, bids))
     assert [item["id"] for item in parsed] == [ad.id for ad in reordered]
 
 
@@ -70,7 +76,7 @@ def test_non_ascii_title_is_written_as_is(profile_factory) -> None:
     from llmauction_sim.domain.catalog import Ad
 
     ad = Ad(id="Ad-0042", title="Café Crème Grinder", category="coffee", description="d")
-    messages = ad_llm_messages(profile_factory("coffee"), QUERIES[1], [ad], {"Ad-0042": 5})
+    messages = paper_messages(profile_factory("coffee"), QUERIES[1], [ad], {"Ad-0042": 5})
     assert "Café Crème Grinder" in messages[1]["content"]
     assert candidate_line(messages)[0]["title"] == "Café Crème Grinder"
 
@@ -78,7 +84,7 @@ def test_non_ascii_title_is_written_as_is(profile_factory) -> None:
 def test_bid_rendering(candidates, profile_factory) -> None:
     bids = {candidates[0].id: 12.3456, candidates[1].id: 7.0, candidates[2].id: 42,
             candidates[3].id: 0.5}
-    parsed = candidate_line(ad_llm_messages(profile_factory("tea"), QUERIES[1], candidates, bids))
+    parsed = candidate_line(paper_messages(profile_factory("tea"), QUERIES[1], candidates, bids))
     rendered = {item["id"]: item["bid"] for item in parsed}
     assert rendered[candidates[0].id] == 12.35 and isinstance(rendered[candidates[0].id], float)
     # A whole-number float is written like an int ("7", not "7.0").
@@ -90,7 +96,35 @@ def test_bid_rendering(candidates, profile_factory) -> None:
 def test_missing_bid_raises(candidates, bids, profile_factory) -> None:
     del bids[candidates[1].id]
     with pytest.raises(KeyError):
-        ad_llm_messages(profile_factory("tea"), QUERIES[0], candidates, bids)
+        paper_messages(profile_factory("tea"), QUERIES[0], candidates, bids)
+
+
+# --- the compact prompt (the default) -----------------------------------------------------------
+
+def test_compact_prompt_lists_one_line_per_candidate(candidates, bids, profile_factory) -> None:
+    profile = profile_factory("tea")
+    first = ad_llm_messages(profile, QUERIES[1], candidates, bids)
+    second = ad_llm_messages(profile_factory("coffee", user_id="U-00009"), QUERIES[0],
+                             candidates[::-1], {k: 101 - v for k, v in bids.items()})
+    assert first[0] == second[0] and "@Acme Trail Shoes@[Ad-0001]" in first[0]["content"]
+    lines = first[1]["content"].splitlines()
+    assert lines[0] == f"User: {profile.describe()}" and lines[1] == "Ads:"
+    assert lines[2:-1] == [f"@{ad.title}@[{ad.id}] | bid {bids[ad.id]:03d}" for ad in candidates]
+    assert lines[-1] == f"Question: {QUERIES[1]}"
+
+
+@pytest.mark.parametrize("value, digits, text", [
+    (7, 3, "007"), (100, 3, "100"), (87.0, 3, "087"), (12.5, 3, "012.50"), (0.456, 3, "000.46"),
+    (7, 0, "7"), (12.5, 0, "12.50"), (1234, 3, "1234")])
+def test_format_bid(value, digits, text) -> None:
+    assert format_bid(value, digits) == text
+
+
+def test_compact_prompt_is_much_shorter_than_the_papers(candidates, bids, profile_factory) -> None:
+    profile = profile_factory("tea")
+    compact = ad_llm_messages(profile, QUERIES[1], candidates, bids)
+    paper = paper_messages(profile, QUERIES[1], candidates, bids)
+    assert len(compact[0]["content"]) * 3 < len(paper[0]["content"])
 
 
 # --- query writer prompt -------------------------------------------------------------------------

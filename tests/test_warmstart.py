@@ -11,7 +11,13 @@ from llmauction_sim.domain.catalog import load_catalog
 from llmauction_sim.domain.mentions import validate_response
 from llmauction_sim.domain.users import generate_profiles
 from llmauction_sim.learning.dpo import completion_logprobs
-from llmauction_sim.learning.warmstart import build_examples, insert_mentions, run_sft
+from llmauction_sim.learning.warmstart import (
+    build_examples,
+    first_mention_tokens,
+    gate_report,
+    insert_mentions,
+    run_sft,
+)
 from llmauction_sim.mechanisms import AuctionRequest
 
 CATALOG = load_catalog()
@@ -66,3 +72,78 @@ def test_sft_raises_the_log_prob_of_the_answers_with_mentions() -> None:
     assert not hasattr(result.model, "peft_config")  # merged: a plain model
     with pytest.raises(ValueError, match="warmstart.queries"):
         run_sft(model, tokenizer, [], WarmStartConfig(), DpoConfig())
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+def _allocation(request: AuctionRequest, text: str):
+    from llmauction_sim.mechanisms import Allocation
+
+    report = validate_response(text, request.candidate_titles(), CATALOG.ids)
+    return Allocation(text, report, 0.0)
+
+
+def _mention(ad) -> str:
+    return f"@{ad.title}@[{ad.id}]"
+
+
+def test_gate_passes_a_bid_blind_policy_that_mentions_early() -> None:
+    rng = np.random.default_rng(0)
+    requests = [_request(k % 20, rng.permutation([10, 20, 30, 40, 90]).tolist()) for k in range(200)]
+    allocations = [_allocation(r, f"Sure. Try {_mention(r.candidates[k % 5])} today.")
+                   if k % 4 else _allocation(r, "Sure, here is how.")
+                   for k, r in enumerate(requests)]
+    tokens = [3 if a.exposed_ids else None for a in allocations]
+    report = gate_report(requests, allocations, tokens, np.random.default_rng(1))
+    assert report["mention_rate"]["estimate"] == 0.75
+    assert report["checks"] == {"mention_rate": True, "format_errors": True,
+                                "early_mentions": True, "bid_blind": True}
+    assert report["passed"]
+
+
+def test_gate_fails_each_check_on_its_own_fault() -> None:
+    rng = np.random.default_rng(0)
+    requests = [_request(k % 20, rng.permutation([10, 20, 30, 40, 90]).tolist()) for k in range(200)]
+    top = [max(r.candidates, key=lambda a: r.bids[a.id]) for r in requests]
+    # Always the top bid: not bid-blind. Late mentions. A broken mention in a tenth.
+    allocations = [_allocation(r, f"Sure. Try {_mention(t)} today." if k % 10
+                               else f"Sure. Try @{t.title}@[{t.id} today.")
+                   for k, (r, t) in enumerate(zip(requests, top))]
+    tokens = [90 if a.exposed_ids else None for a in allocations]
+    report = gate_report(requests, allocations, tokens, np.random.default_rng(1))
+    assert report["checks"] == {"mention_rate": True, "format_errors": False,
+                                "early_mentions": False, "bid_blind": False}
+    assert report["top_bid_exposure_share"]["estimate"] == 1.0
+    assert not report["passed"]
+    none = [_allocation(r, "Sure.") for r in requests]
+    assert not gate_report(requests, none, [None] * 200,
+                           np.random.default_rng(1))["checks"]["mention_rate"]
+
+
+def test_first_mention_tokens_counts_tokens_before_the_mention() -> None:
+    r = _request(0, [1, 2, 3, 4, 5])
+    allocations = [_allocation(r, f"One two three. {_mention(r.candidates[0])}"),
+                   _allocation(r, "No ad here.")]
+    tokenizer = embedded_tokenizer()
+    got = first_mention_tokens(tokenizer, allocations)
+    assert got == [len(tokenizer("One two three. ")["input_ids"]), None]
+
+
+def test_long_first_sentence_puts_the_mention_first_and_max_sentences_cuts() -> None:
+    ad = CATALOG[0]
+    long = "A " + "very " * 60 + "long first sentence. Second one. Third one. Unfinished"
+    text = insert_mentions(long, [ad], np.random.default_rng(0), max_sentences=2)
+    assert text.index("@") < 80 and text.endswith("Second one.")
+    short = insert_mentions("Short. Second. Third.", [ad], np.random.default_rng(0),
+                            max_sentences=2)
+    assert short.startswith("Short. ") and short.endswith(" Second.")
+    assert insert_mentions("Short. Second.", [], np.random.default_rng(0)) == "Short. Second."
+
+
+def test_no_ad_rate_leaves_that_share_without_mentions() -> None:
+    requests = [_request(k % 6, [1, 2, 3, 4, 5]) for k in range(400)]
+    examples = build_examples(requests, ["An answer. Two."] * 400, 1, np.random.default_rng(0),
+                              no_ad_rate=0.25)
+    share = np.mean([not e.inserted for e in examples])
+    assert 0.19 < share < 0.31
+    assert all("@" not in e.completion for e in examples if not e.inserted)

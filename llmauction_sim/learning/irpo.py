@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.tables import read_query_log
 
 PHASES = ("warmstart", "collect", "pctr", "sample", "pairs", "dpo", "evaluate")
 STATE = "state.json"
@@ -51,7 +52,7 @@ EPOCHS = "epochs.parquet"
 
 # Independent seed streams (mixed with config.seed and the epoch).
 _PICK, _BIDS, _COLLECT, _COLLECT_CLICKS, _SAMPLE, _SAMPLE_CLICKS = 31, 32, 33, 34, 35, 36
-_WARM_PICK, _WARM_BIDS, _WARM_ANSWERS, _WARM_INSERT, _PAIRS = 37, 38, 39, 40, 41
+_WARM_PICK, _WARM_BIDS, _WARM_ANSWERS, _WARM_INSERT, _PAIRS, _WARM_GATE = 37, 38, 39, 40, 41, 42
 
 
 @dataclass
@@ -149,7 +150,7 @@ MARKET_LOG = "market.parquet"
 def market_log(run: IrpoRun, t: int) -> pd.DataFrame | None:
     """The market rounds epoch t trains on (the `queries.parquet` rows of a market run), if any."""
     path = run.out / f"epoch-{t}" / MARKET_LOG
-    return pd.read_parquet(path) if path.is_file() else None
+    return read_query_log(path) if path.is_file() else None
 
 
 def epoch_requests(run: IrpoRun, t: int) -> list:
@@ -165,15 +166,18 @@ def epoch_requests(run: IrpoRun, t: int) -> list:
     # A query can be asked more than once: the row number keeps each auction's id unique.
     return [AuctionRequest(f"{qid}#{i}", run.profile(uid), text,
                            tuple(run.catalog.by_id(a) for a in cands),
-                           {k: float(v) for k, v in json.loads(bids).items()})
+                           {k: float(v) for k, v in bids.items()})
             for i, (qid, uid, text, cands, bids) in enumerate(zip(
                 log["query_id"], log["user_id"], log["query"], log["candidates"], log["bids"]))]
 
 
-def _prompts(requests) -> list:
+def _prompts(run_or_config, requests) -> list:
+    """The Ad-LLM prompts of `requests` (`run_or_config`: an IrpoRun or its RunConfig)."""
     from llmauction_sim.lm.prompts import ad_llm_messages
 
-    return [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+    config = getattr(run_or_config, "config", run_or_config)
+    return [ad_llm_messages(r.profile, r.query, r.candidates, r.bids, config.ad_prompt)
+            for r in requests]
 
 
 def _generate(run: IrpoRun, requests, n: int, rng: np.random.Generator) -> list[list[str]]:
@@ -181,7 +185,7 @@ def _generate(run: IrpoRun, requests, n: int, rng: np.random.Generator) -> list[
 
     params = [SamplingParams.from_config(run.config.ad_sampling, n=n, seed=int(s))
               for s in rng.integers(0, 2**63, len(requests))]
-    return [[c.text for c in row] for row in run.lm.generate(_prompts(requests), params)]
+    return [[c.text for c in row] for row in run.lm.generate(_prompts(run, requests), params)]
 
 
 def _epoch_samples(run: IrpoRun, t: int, n: int, stream: int):
@@ -222,7 +226,7 @@ def collect_phase(run: IrpoRun, t: int) -> pd.DataFrame:
         sample_ids = [0] * len(requests)
         exposed = list(market["exposed"])
         clicked = [set(c) for c in market["clicked"]]
-        probs = [json.loads(p) for p in market["click_probabilities"]]
+        probs = list(market["click_probabilities"])
     else:
         requests, responses, sample_ids = _epoch_samples(run, t, cfg.irpo.samples_per_query,
                                                          _COLLECT)
@@ -328,19 +332,33 @@ def load_sample(run: IrpoRun, t: int) -> pd.DataFrame:
 
 def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
     """Winner / losers per prompt -> a `datasets.Dataset` saved under epoch-t/pairs."""
-    from llmauction_sim.learning.pairs import ResponseGroup, build_preference_pairs, pair_stats
+    from llmauction_sim.domain.mentions import validate_response
+    from llmauction_sim.learning.pairs import (
+        ResponseGroup,
+        build_preference_pairs,
+        pair_composition,
+        pair_stats,
+        stratified_subset,
+    )
 
     requests = epoch_requests(run, t)
-    prompts = dict(zip((r.query_id for r in requests), _prompts(requests)))
+    by_id = {r.query_id: r for r in requests}
+    prompts = dict(zip((r.query_id for r in requests), _prompts(run, requests)))
     groups = [ResponseGroup(prompts[qid], list(g["response"]), list(g["reward"]), str(qid))
               for qid, g in samples.groupby("query_id", sort=False)]
     delta = run.config.irpo.delta_th
     pairs = build_preference_pairs(groups, delta)
     built, cap = len(pairs), run.config.irpo.max_pairs
-    if cap and built > cap:
-        keep = np.random.default_rng([run.config.seed, _PAIRS, t]).choice(built, cap,
-                                                                          replace=False)
-        pairs = pairs.select(np.sort(keep))
+    if cap and built > cap:  # spread over prompts, not crowded by a few with many losers
+        pairs = pairs.select(stratified_subset(
+            pairs["prompt_id"], cap, np.random.default_rng([run.config.seed, _PAIRS, t])))
+    pair_requests = [by_id[q] for q in pairs["prompt_id"]]
+
+    def reports(column):
+        return [validate_response(m[0]["content"], r.candidate_titles(), run.catalog.ids)
+                for m, r in zip(pairs[column], pair_requests)]
+    composition = pair_composition(reports("chosen"), reports("rejected"),
+                                   [r.bids for r in pair_requests])
     final = run.epoch_dir(t) / "pairs"
     tmp = final.with_name(f".pairs.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -356,7 +374,10 @@ def pairs_phase(run: IrpoRun, t: int, samples: pd.DataFrame):
             enable_progress_bar()
     _replace_dir(tmp, final)
     _write_json(run.epoch_dir(t) / "pairs.json",
-                {**pair_stats(groups, delta), "built": built, "kept": len(pairs)})
+                {**pair_stats(groups, delta), "built": built, "kept": len(pairs),
+                 "composition": composition})
+    run.say(f"epoch {t}: {len(pairs)} pairs; valid vs valid {composition.get('valid_vs_valid', 0):.0%}"
+            f", chosen ad is the top bid {composition.get('chosen_top_bid', float('nan')):.0%}")
     return pairs
 
 
@@ -375,7 +396,7 @@ def _kl_sample(run: IrpoRun, t: int) -> tuple[list, list[str]]:
         return [], []
     samples = pd.read_parquet(path, columns=["query_id", "response"]).head(n)
     requests = epoch_requests(run, t)
-    prompts = dict(zip((r.query_id for r in requests), _prompts(requests)))
+    prompts = dict(zip((r.query_id for r in requests), _prompts(run, requests)))
     return [prompts[q] for q in samples["query_id"]], list(samples["response"])
 
 
@@ -420,41 +441,75 @@ def dpo_phase(run: IrpoRun, t: int, pairs) -> dict:
 
 
 def warmstart_phase(run: IrpoRun) -> dict:
-    """Format warm start (learning/warmstart.py): SFT on the policy's own answers to
-    `warmstart.queries` training auctions with random candidates' mentions inserted; the merged
-    model becomes the base and the starting policy."""
-    from llmauction_sim.learning.warmstart import build_examples, run_sft
+    """Epoch 0's starting policy, saved merged as OUT/epoch-0/policy (the base of later adapters,
+    loadable on its own). With `warmstart.queries` the run trains its own format warm start
+    (learning/warmstart.py: SFT on the policy's own answers to `warmstart.queries` training
+    questions with a random candidate's mention inserted) and checks its gate on the test
+    auctions; otherwise the starting policy is pi_0 (`mechanisms.policy_adapter`, e.g. the
+    shipped warm start), merged when the run was set up."""
+    from llmauction_sim.learning.warmstart import build_examples, own_answers, run_sft
 
     cfg = run.config
-    auctions = _train_auctions(cfg, run.data, run.retriever, run.catalog, cfg.warmstart.queries,
-                               _WARM_PICK)
-    requests = _with_bids(cfg, auctions, np.random.default_rng([cfg.seed, _WARM_BIDS]))
-    answers = [row[0] for row in _generate(run, requests, 1,
-                                           np.random.default_rng([cfg.seed, _WARM_ANSWERS]))]
-    examples = build_examples(requests, answers, cfg.warmstart.ads_per_answer,
-                              np.random.default_rng([cfg.seed, _WARM_INSERT]))
     folder = run.epoch_dir(0)
-    _write_parquet(pd.DataFrame({"query_id": [r.query_id for r in requests], "answer": answers,
-                                 "completion": [e.completion for e in examples],
-                                 "inserted": [list(e.inserted) for e in examples]}),
-                   folder / "warmstart.parquet")
-    final = folder / "warmstart"
-    tmp = final.with_name(f".warmstart.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    result = run_sft(run.model, run.tokenizer, examples, cfg.warmstart, cfg.dpo, output_dir=tmp)
-    _replace_dir(tmp, final)
-    policy = folder / "policy"  # the merged model: base of later adapters, loadable on its own
+    info: dict[str, Any] = {}
+    if cfg.warmstart.queries:
+        auctions = _train_auctions(cfg, run.data, run.retriever, run.catalog,
+                                   cfg.warmstart.queries, _WARM_PICK)
+        requests = _with_bids(cfg, auctions, np.random.default_rng([cfg.seed, _WARM_BIDS]))
+        answers = own_answers(run.lm, requests, cfg.ad_sampling,
+                              np.random.default_rng([cfg.seed, _WARM_ANSWERS]))
+        examples = build_examples(requests, answers, cfg.warmstart.ads_per_answer,
+                                  np.random.default_rng([cfg.seed, _WARM_INSERT]), cfg.ad_prompt,
+                                  cfg.warmstart.no_ad_rate, cfg.warmstart.max_sentences)
+        _write_parquet(pd.DataFrame({"query_id": [r.query_id for r in requests],
+                                     "answer": answers,
+                                     "completion": [e.completion for e in examples],
+                                     "inserted": [list(e.inserted) for e in examples]}),
+                       folder / "warmstart.parquet")
+        final = folder / "warmstart"
+        tmp = final.with_name(f".warmstart.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = run_sft(run.model, run.tokenizer, examples, cfg.warmstart, cfg.dpo,
+                         output_dir=tmp)
+        _replace_dir(tmp, final)
+        run.base_model = result.model
+        run.set_policy(result.model)
+        info.update(adapter=str(final.relative_to(run.out)), metrics=result.metrics,
+                    gate=_gate(run))
+        if not info["gate"]["passed"]:
+            run.say(f"warning: the warm start failed its gate {info['gate']['checks']} "
+                    "(epoch-0/warmstart.json); IRPO goes on from it")
+    else:
+        info["start_adapter"] = _start_config(cfg).adapter
+    policy = folder / "policy"
     tmp = policy.with_name(f".policy.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    result.model.save_pretrained(str(tmp))
+    run.model.save_pretrained(str(tmp))
     run.tokenizer.save_pretrained(str(tmp))
     _replace_dir(tmp, policy)
-    run.base_model = result.model
-    run.set_policy(result.model)
-    info = {"adapter": str(final.relative_to(run.out)),
-            "policy": str(policy.relative_to(run.out)), "metrics": result.metrics}
+    info["policy"] = str(policy.relative_to(run.out))
     _write_json(folder / "warmstart.json", info)
     return info
+
+
+def _gate(run: IrpoRun) -> dict:
+    """The warm-start gate (learning/warmstart.py) of the current policy on the test auctions."""
+    from llmauction_sim.evaluation import test_auctions
+    from llmauction_sim.learning.warmstart import evaluate_gate
+
+    cfg = run.config
+    tests, _, _ = test_auctions(cfg, cfg.irpo.test_queries, run.out, run.data,
+                                retriever=run.retriever, catalog=run.catalog)
+    return evaluate_gate(cfg, run.lm, tests, run.catalog.ids,
+                         np.random.default_rng([cfg.seed, _WARM_GATE]))
+
+
+def _start_config(config: RunConfig):
+    """The ModelConfig of the run's starting policy: the plain Ad-LLM when the run trains its own
+    warm start, else pi_0 (`mechanisms.policy_adapter` on ad_llm)."""
+    from llmauction_sim.mechanisms.base import policy_config
+
+    return config.ad_llm if config.warmstart.queries else policy_config(config)
 
 
 def restore_warmstart(run: IrpoRun) -> None:
@@ -601,7 +656,7 @@ def check_lengths(config: RunConfig, tokenizer, requests) -> None:
     longest = max(len(tokenizer(tokenizer.apply_chat_template(p, tokenize=False,
                                                               add_generation_prompt=True),
                                 add_special_tokens=False)["input_ids"])
-                  for p in _prompts(requests))
+                  for p in _prompts(config, requests))
     need = longest + config.ad_sampling.max_new_tokens
     if need > config.dpo.max_length:
         raise ValueError(
@@ -650,7 +705,7 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
         # Training changes the model in place; the caller's generator keeps its own weights.
         model, tokenizer = copy.deepcopy(resources["ad_lm"].model), resources["ad_lm"].tokenizer
     elif model is None:
-        model, tokenizer = load_trainable(config.ad_llm)
+        model, tokenizer = load_trainable(_start_config(config))
 
     def default_lm(m, tok):
         return TransformersLM(m, tok, name=config.ad_llm.name,
@@ -702,9 +757,11 @@ def advance(run: IrpoRun, through: int) -> None:
     """Run every phase not yet completed up to the end of epoch `through` (0: the warm start and
     the starting policy's evaluation)."""
     config, done = run.config, run.done
-    if config.warmstart.queries and done < (0, PHASES.index("warmstart")):
+    if (config.warmstart.queries or _start_config(config).adapter) and \
+            done < (0, PHASES.index("warmstart")):
         start = time.perf_counter()
-        run.say(f"epoch 0: format warm start on {config.warmstart.queries} training auctions")
+        run.say(f"epoch 0: format warm start on {config.warmstart.queries} training auctions"
+                if config.warmstart.queries else "epoch 0: saving the starting policy")
         warmstart_phase(run)
         run.finish(0, "warmstart", time.perf_counter() - start)
     if done < (0, PHASES.index("evaluate")):

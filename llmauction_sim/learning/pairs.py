@@ -88,3 +88,53 @@ def pair_stats(groups: Sequence[ResponseGroup], delta_th: float = DEFAULT_DELTA_
         margins += [float(g.rewards[w]) - float(g.rewards[v]) for w, v in pairs]
     return {"prompts": len(groups), "prompts_with_pairs": sum(c > 0 for c in counts),
             "pairs": sum(counts), "mean_margin": float(np.mean(margins)) if margins else 0.0}
+
+
+def stratified_subset(prompt_ids: Sequence[str], cap: int, rng: np.random.Generator
+                      ) -> np.ndarray:
+    """Indices of at most `cap` pairs spread evenly over prompts: one random pair of every prompt,
+    then a second of every prompt that has one, and so on (a prompt with many losers does not
+    crowd out the others); sorted."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompt_ids):
+        by_prompt.setdefault(p, []).append(i)
+    queues = [rng.permutation(ix) for ix in by_prompt.values()]
+    prompt_order = rng.permutation(len(queues))
+    order: list[int] = []
+    for r in range(max(map(len, queues), default=0)):
+        order += [int(queues[q][r]) for q in prompt_order if r < len(queues[q])]
+    return np.sort(np.array(order[:cap], dtype=np.int64))
+
+
+def answer_kind(report) -> str:
+    """'error' (any format error), 'ad' (a valid mention, no error) or 'none'."""
+    if report.has_format_error:
+        return "error"
+    return "ad" if report.valid else "none"
+
+
+def pair_composition(chosen_reports, rejected_reports, bids: Sequence[Mapping[str, float]]
+                     ) -> dict[str, float]:
+    """What the pairs teach: the share of each (chosen kind, rejected kind) combination, the share
+    of valid-vs-valid pairs, and, among pairs whose chosen answer shows an ad, the share whose
+    first ad is the auction's top bid (`chosen_top_bid`; a bid-blind policy's chance is 1/K) and
+    among valid-vs-valid pairs the share whose chosen first ad has the higher bid
+    (`valid_pairs_chosen_higher_bid`)."""
+    n = len(bids)
+    out: dict[str, float] = {"pairs": float(n)}
+    if not n:
+        return out
+    kinds = [(answer_kind(c), answer_kind(r)) for c, r in zip(chosen_reports, rejected_reports)]
+    for a in ("ad", "none", "error"):
+        for b in ("ad", "none", "error"):
+            out[f"{a}_vs_{b}"] = sum(k == (a, b) for k in kinds) / n
+    out["valid_vs_valid"] = out["ad_vs_ad"]
+    with_ad = [(c, b) for c, b in zip(chosen_reports, bids) if c.valid]
+    out["chosen_top_bid"] = (sum(b[c.exposed_ids[0]] == max(b.values()) for c, b in with_ad)
+                             / len(with_ad)) if with_ad else float("nan")
+    both = [(c, r, b) for c, r, b, k in zip(chosen_reports, rejected_reports, bids, kinds)
+            if k == ("ad", "ad")]
+    out["valid_pairs_chosen_higher_bid"] = (
+        sum(b[c.exposed_ids[0]] > b[r.exposed_ids[0]] for c, r, b in both) / len(both)
+        if both else float("nan"))
+    return out

@@ -215,7 +215,9 @@ class PctrModel:
         loss_fn = nn.BCEWithLogitsLoss()
         epoch_losses = []
         self.net.train()
-        for _ in range(cfg.epochs):
+        # A small log gets more passes: at least `min_steps` optimizer steps in all.
+        batches = -(-len(y) // cfg.batch_size)
+        for _ in range(max(cfg.epochs, -(-cfg.min_steps // batches))):
             order = torch.from_numpy(rng.permutation(len(y)))
             total = 0.0
             for start in range(0, len(y), cfg.batch_size):

@@ -18,6 +18,8 @@ class SamplingParams:
 
     `stop`: strings that end a sample as soon as a generated token contains one; the text is cut
     right after the stop string, which is kept (vLLM's ``include_stop_str_in_output=True``).
+    `logit_bias`: (token id, bias) pairs added to the logits before temperature and truncation
+    (vLLM's and OpenAI's `logit_bias`); -inf bans a token.
     """
 
     temperature: float = 0.7
@@ -27,6 +29,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also rejects nan
@@ -41,6 +44,9 @@ class SamplingParams:
             raise ValueError(f"n = {self.n} must be >= 1")
         if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
             raise ValueError(f"stop = {self.stop!r} must be a tuple of non-empty strings")
+        if not all(len(x) == 2 and int(x[0]) >= 0 and x[1] == x[1] for x in self.logit_bias):
+            raise ValueError(f"logit_bias = {self.logit_bias!r} must be (token id >= 0, bias) "
+                             "pairs with no NaN bias")
 
     @classmethod
     def from_config(cls, config, **overrides) -> SamplingParams:
@@ -55,6 +61,8 @@ class Completion:
     text: str
     num_tokens: int
     finished: bool  # True when the model ended its turn, False when max_new_tokens cut it off
+    # The sampled token ids, without the end-of-turn token (a stop string cuts `text`, not these).
+    token_ids: tuple[int, ...] = ()
 
 
 @runtime_checkable
@@ -77,9 +85,21 @@ class LanguageModel(Protocol):
         ...
 
 
+def encode_chat(tokenizer, chat: Chat) -> list[int]:
+    """Token ids of `chat` with the assistant's turn opened; when the last message is the
+    assistant's, its text is continued (a partly written answer) instead."""
+    messages = list(chat)
+    partial = bool(messages) and messages[-1]["role"] == "assistant"
+    text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=not partial,
+                                         continue_final_message=partial)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def samples_from_model(params: SamplingParams) -> bool:
     """True when `params` sample from the model's own distribution (T = 1, no truncation)."""
-    return params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0
+    return (params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0
+            and not params.logit_bias)
 
 
 def expand_params(params: SamplingParams | Sequence[SamplingParams], count: int

@@ -21,29 +21,18 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
+from llmauction_sim.lm.base import (
+    Chat,
+    Completion,
+    SamplingParams,
+    encode_chat,
+    expand_params,
+    sample_seeds,
+)
 from llmauction_sim.lm.cpu_kernels import decode_attention, fast_cpu_inference, is_attention_module
+from llmauction_sim.lm.devices import resolve_device, resolve_dtype
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
-
-
-def cpu_supports_bf16() -> bool:
-    """bf16 is fast only with native instructions; emulated bf16 is ~100x slower than fp32."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -303,9 +292,7 @@ class TransformersLM:
     # prompts
     # ------------------------------------------------------------------------------------------
     def encode_chat(self, chat: Chat) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(chat), tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, chat)
 
     # ------------------------------------------------------------------------------------------
     # generation
@@ -419,8 +406,10 @@ class TransformersLM:
         # Finished rows stay in the batch (their tokens are ignored) until an eighth of it is
         # finished; dropping them then moves the last live rows' caches into the freed slots.
         active = torch.ones(b, dtype=torch.bool, device=self.device)
+        bias = logit_bias_matrix([r.params for r in batch], logits.shape[-1], self.device)
         for step in range(max_new):
-            nxt = sample_tokens(logits.float(), temps[alive], top_k[alive], top_p[alive],
+            step_logits = logits.float() if bias is None else logits.float() + bias[alive]
+            nxt = sample_tokens(step_logits, temps[alive], top_k[alive], top_p[alive],
                                 seeds[alive], step)
             live = active[alive]
             rows = alive[live]
@@ -452,7 +441,7 @@ class TransformersLM:
             text = text[:min(cuts)] if cuts else text
             text = text.strip()
             results.append(Completion(text=text, num_tokens=int(count[i]),
-                                      finished=bool(finished[i])))
+                                      finished=bool(finished[i]), token_ids=tuple(ids)))
         return results
 
     # ------------------------------------------------------------------------------------------
@@ -497,11 +486,26 @@ class TransformersLM:
                 token_lp = torch.log_softmax(logits, dim=-1).gather(
                     -1, targets[..., None]).squeeze(-1)
             else:
-                token_lp = proposal_logprobs(logits, targets, params)
+                bias = logit_bias_matrix([params], logits.shape[-1], self.device)
+                token_lp = proposal_logprobs(logits if bias is None else logits + bias, targets,
+                                             params)
             for r, i in enumerate(chunk):
                 c = len(pairs[i][1])
                 result[i] = float(token_lp[r, cmax - c:].sum()) if c else 0.0
         return result
+
+
+def logit_bias_matrix(params: Sequence[SamplingParams], vocab: int, device
+                      ) -> torch.Tensor | None:
+    """[rows, vocab] additive biases of each row's `params.logit_bias`; None when no row has one."""
+    if not any(p.logit_bias for p in params):
+        return None
+    bias = torch.zeros(len(params), vocab, device=device)
+    for i, p in enumerate(params):
+        for token, value in p.logit_bias:
+            if token < vocab:
+                bias[i, token] += value
+    return bias
 
 
 def _compaction_order(live: torch.Tensor) -> torch.Tensor:
@@ -602,7 +606,9 @@ def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str, dtype: str, device: str, adapter: str | None):
-    from llmauction_sim.lm.registry import resolve_model
+    """(model, tokenizer), with the adapter (a packaged name or folder) merged into the weights:
+    the model it makes is the policy, for generation and as the start of any training."""
+    from llmauction_sim.lm.registry import resolve_adapter, resolve_model
 
     path = resolve_model(name)
     dev = resolve_device(device)
@@ -615,7 +621,7 @@ def _load(name: str, dtype: str, device: str, adapter: str | None):
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, str(resolve_adapter(adapter))).merge_and_unload()
     return model, tokenizer
 
 

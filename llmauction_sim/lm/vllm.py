@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from llmauction_sim.lm.base import Chat, Completion, SamplingParams, expand_params, sample_seeds
+from llmauction_sim.lm.base import (
+    Chat,
+    Completion,
+    SamplingParams,
+    encode_chat,
+    expand_params,
+    sample_seeds,
+)
 
 
 def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int):
@@ -23,13 +30,15 @@ def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int):
         n=1, temperature=params.temperature, top_p=params.top_p,
         top_k=params.top_k if params.top_k > 0 else -1,  # vLLM: -1 switches top-k off
         max_tokens=params.max_new_tokens, seed=seed, stop=list(params.stop) or None,
-        include_stop_str_in_output=True)
+        include_stop_str_in_output=True,
+        logit_bias={int(t): max(-100.0, min(100.0, float(b)))  # vLLM's range
+                    for t, b in params.logit_bias} or None)
 
 
 def completion_from_output(output: Any) -> Completion:
     """A vLLM `CompletionOutput` as our `Completion` (finished = the model ended its turn)."""
     return Completion(text=output.text.strip(), num_tokens=len(output.token_ids),
-                      finished=output.finish_reason == "stop")
+                      finished=output.finish_reason == "stop", token_ids=tuple(output.token_ids))
 
 
 def continuation_logprob(prompt_logprobs: Sequence[Any], token_ids: Sequence[int],
@@ -82,9 +91,7 @@ class VLLMModel:
         self.rng = np.random.default_rng(seed)
 
     def encode_chat(self, chat: Chat) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(chat), tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, chat)
 
     def generate(self, prompts: Sequence[Chat],
                  params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:

@@ -1,10 +1,12 @@
-"""Auction mechanisms, registered by name: pretrained, pregen_gsp, mosaic, llm_auction."""
+"""Auction mechanisms, registered by name: pretrained, pregen_gsp, mosaic, llm_auction,
+llm_auction_tilted, llm_auction_ranked."""
 
 from llmauction_sim.mechanisms import (  # noqa: F401  (importing registers each mechanism)
     llm_auction,
     mosaic,
     pregen_gsp,
     pretrained,
+    tilted,
 )
 from llmauction_sim.mechanisms.base import (
     Allocation,

@@ -76,6 +76,32 @@ def ad_llm_and_catalog(config, ad_lm=None, catalog=None, model_config=None):
     return ad_lm, catalog if catalog is not None else load_catalog(config.data.catalog)
 
 
+def policy_config(config):
+    """`config.ad_llm` with the Ad-LLM policy pi_0's adapter (`mechanisms.policy_adapter`): the
+    policy of llm_auction (untrained), llm_auction_tilted, llm_auction_ranked, mosaic and
+    pregen_gsp. A packaged adapter applies only to the model it was trained on; other models run
+    as configured."""
+    import dataclasses
+
+    from llmauction_sim.lm.registry import packaged_adapter_base
+
+    adapter = config.mechanisms.policy_adapter
+    if not adapter:
+        return config.ad_llm
+    base = packaged_adapter_base(adapter)
+    if base is not None and base != config.ad_llm.name:
+        return config.ad_llm
+    return dataclasses.replace(config.ad_llm, adapter=adapter)
+
+
+def policy_lm_and_catalog(config, ad_lm=None, catalog=None):
+    """(pi_0's LanguageModel, catalog); a given `ad_lm` (the configured Ad-LLM) is used only
+    when pi_0 is that same model."""
+    model_config = policy_config(config)
+    return ad_llm_and_catalog(config, ad_lm if model_config == config.ad_llm else None, catalog,
+                              model_config)
+
+
 MECHANISMS: Registry[Callable[..., Mechanism]] = Registry(
     "mechanism", "config: market.mechanism, CLI: --mechanism")
 

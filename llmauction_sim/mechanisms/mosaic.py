@@ -34,7 +34,7 @@ from llmauction_sim.lm.prompts import ad_llm_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
     AuctionRequest,
-    ad_llm_and_catalog,
+    policy_lm_and_catalog,
     register_mechanism,
 )
 from llmauction_sim.mechanisms.pctr import load_click_model, response_pctr
@@ -64,12 +64,13 @@ class MosaicMechanism:
 
     def __init__(self, lm: LanguageModel, click_model, sampling, penalty, catalog_ids,
                  samples: int = 20, tau: float = 10.0, lam: float = 1.0,
-                 payment: str = "first_price", correction: str = "exact"):
+                 payment: str = "first_price", correction: str = "exact", prompt=None):
         if payment not in ("first_price", "rochet"):
             raise ValueError(f"unknown mosaic payment {payment!r}; use first_price or rochet")
         if correction not in ("exact", "none"):
             raise ValueError(f"unknown mosaic correction {correction!r}; use exact or none")
         self.lm = lm
+        self.prompt = prompt
         self.click_model = click_model
         self.sampling = sampling
         self.penalty = penalty
@@ -90,7 +91,8 @@ class MosaicMechanism:
         if not requests:
             return []
         m = self.samples
-        prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+        prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids, self.prompt)
+                   for r in requests]
         params = [SamplingParams.from_config(self.sampling, n=m, seed=int(s))
                   for s in rng.integers(0, 2**63, len(requests))]
         outputs = self.lm.generate(prompts, params)
@@ -156,13 +158,13 @@ class MosaicMechanism:
 
 
 def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
-    ad_lm, catalog = ad_llm_and_catalog(config, ad_lm, catalog)
+    ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog)
     m = config.mechanisms
     return MosaicMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
                            m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment,
-                           m.mosaic_correction)
+                           m.mosaic_correction, config.ad_prompt)
 
 
 register_mechanism("mosaic", _mosaic)

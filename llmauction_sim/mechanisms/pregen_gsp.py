@@ -30,7 +30,7 @@ from llmauction_sim.lm.prompts import ad_llm_slot_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
     AuctionRequest,
-    ad_llm_and_catalog,
+    policy_lm_and_catalog,
     register_mechanism,
 )
 from llmauction_sim.mechanisms.pctr import load_click_model, template_pctr
@@ -121,7 +121,7 @@ class PregenGSPMechanism:
 
 
 def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
-    ad_lm, catalog = ad_llm_and_catalog(config, ad_lm, catalog)
+    ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog)
     m = config.mechanisms

@@ -21,9 +21,12 @@ from llmauction_sim.mechanisms.base import (
 class SinglePassMechanism(FirstPricePerClick):
     """The LLM is the allocation rule: it writes one answer and decides which ads to mention."""
 
-    def __init__(self, name: str, lm: LanguageModel, sampling, penalty, catalog_ids):
+    def __init__(self, name: str, lm: LanguageModel, sampling, penalty, catalog_ids,
+                 prompt=None, rank_by_bid: bool = False):
         self.name = name
         self.lm = lm
+        self.prompt = prompt
+        self.rank_by_bid = rank_by_bid
         self.sampling = sampling
         self.penalty = penalty
         self.catalog_ids = frozenset(catalog_ids)
@@ -32,7 +35,8 @@ class SinglePassMechanism(FirstPricePerClick):
                  ) -> list[Allocation]:
         if not requests:
             return []
-        prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids) for r in requests]
+        prompts = [ad_llm_messages(r.profile, r.query, self._listed(r), r.bids, self.prompt)
+                   for r in requests]
         params = [SamplingParams.from_config(self.sampling, seed=int(s))
                   for s in rng.integers(0, 2**63, len(requests))]
         outputs = self.lm.generate(prompts, params)
@@ -43,11 +47,17 @@ class SinglePassMechanism(FirstPricePerClick):
             allocations.append(Allocation(text, report, format_penalty(report, self.penalty)))
         return allocations
 
+    def _listed(self, request: AuctionRequest):
+        """The candidates in prompt order: as retrieved, or by bid, highest first."""
+        if not self.rank_by_bid:
+            return request.candidates
+        return sorted(request.candidates, key=lambda ad: -float(request.bids[ad.id]))
+
 
 def _pretrained(config, *, ad_lm=None, catalog=None, **_):
     ad_lm, catalog = ad_llm_and_catalog(config, ad_lm, catalog)
     return SinglePassMechanism("pretrained", ad_lm, config.ad_sampling, config.penalty,
-                               catalog.ids)
+                               catalog.ids, config.ad_prompt)
 
 
 register_mechanism("pretrained", _pretrained)
