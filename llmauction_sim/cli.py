@@ -450,7 +450,7 @@ def _market_args(parser: argparse.ArgumentParser, default_out: Path | None,
                         help=f"rounds to simulate (default {steps or 'market.steps = 10'})")
     parser.add_argument("--queries-per-step", type=int,
                         help="queries per round, answered in one batch (default 8)")
-    parser.add_argument("--mechanism", help="auction mechanism (default pretrained)")
+    parser.add_argument("--mechanism", help="auction mechanism (default llm_auction_tilted)")
     parser.add_argument("--judge", help="click judge: embedding, llm or logprob")
     parser.add_argument("--data", help="folder of `llmauction data build` (default: build a small "
                         "one inside the run folder)")
