@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     config = RunConfig(seed=args.seed).with_overrides(
-        [f"market.queries_per_step={args.queries_per_step}", "data.query_writer=template",
+        [f"market.queries_per_step={args.queries_per_step}", "market.mechanism=pretrained",
+         "data.query_writer=template",
          "data.profiles=20"])
     with tempfile.TemporaryDirectory() as tmp:
         build_dataset(config, Path(tmp), progress=False)

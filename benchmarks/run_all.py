@@ -5,7 +5,7 @@ them one after the other (never in parallel: they share the CPU), keeps the raw 
 docs/results/benchmarks.json and rewrites the summary table between the markers in
 docs/performance.md after each one (with --only, the other benchmarks' last figures are kept).
 
-    python benchmarks/run_all.py [--quick] [--only generate,auctions,market,dpo]
+    python benchmarks/run_all.py [--quick] [--only generate,auctions,market,dpo,sft,dtype]
 """
 
 from __future__ import annotations
@@ -37,10 +37,20 @@ BENCHMARKS = {
     "market": ("bench_market.py", [], ["--steps", "1", "--queries-per-step", "4"],
                ("market round end to end, seconds/round", "one query per call",
                 "per_query_s_per_step", "batched round", "batched_s_per_step", "lower")),
-    "dpo": ("bench_dpo.py", ["--pairs", "8", "--steps", "2"], ["--pairs", "4", "--steps", "1"],
-            ("DPO step (LoRA, batch 4), seconds/step", "TRL defaults (checkpointing, reference "
-             "every step; bf16 autocast where the CPU has it)", "trl_defaults_s_per_step",
-             "ours (fp32, no checkpointing, reference once)", "ours_s_per_step", "lower")),
+    "dpo": ("bench_dpo.py", ["--pairs", "4", "--steps", "2"], ["--pairs", "4", "--steps", "1"],
+            ("DPO step on 4 pairs (LoRA r=16, all linear layers), seconds/step", "TRL defaults "
+             "(float32 under bf16 autocast, checkpointing, reference every step, the paper's "
+             "prompt)", "trl_defaults_s_per_step", "ours (model dtype, no checkpointing, "
+             "reference once, compact prompt, compact fused head)", "ours_s_per_step", "lower")),
+    "sft": ("bench_sft.py", [], ["--examples", "16"],
+            ("SFT step (warm start, batch 8), seconds/step", "TRL's CPU default (every position "
+             "through the fused head)", "trl_cpu_default_s_per_step",
+             "labelled positions only", "compact_s_per_step", "lower")),
+    "dtype": ("bench_generate.py", ["--skip-naive", "--compare-dtypes", "--prompts", "32",
+                                    "--max-new-tokens", "96"],
+              ["--skip-naive", "--compare-dtypes", "--prompts", "8", "--max-new-tokens", "32"],
+              ("Ad-LLM generation by dtype, tokens/s", "float32 (with the CPU kernels)",
+               "batched_tok_s", "bfloat16", "bf16_tok_s", "higher")),
 }
 
 

@@ -148,9 +148,11 @@ def cmd_answer(args: argparse.Namespace) -> int:
     from llmauction_sim.demo import answer_queries
     from llmauction_sim.domain.catalog import load_catalog
     from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.mechanisms import check_mechanism
 
-    config = _resolve_config(args, _opt("retrieval.num_candidates", args.num_candidates))
+    config = _resolve_config(args, _opt("retrieval.num_candidates", args.num_candidates)
+                             + _opt("market.mechanism", args.mechanism))
+    check_mechanism(config.market.mechanism)
     if args.num_queries < 1:
         raise ConfigError(f"--num-queries = {args.num_queries} must be >= 1")
     profiles, queries = load_dataset(args.data)
@@ -166,11 +168,11 @@ def cmd_answer(args: argparse.Namespace) -> int:
     retriever = CandidateRetriever(catalog, load_encoder(config.retrieval.encoder),
                                    config.retrieval.num_candidates,
                                    config.retrieval.profile_weight)
-    lm = load_language_model(config.ad_llm, seed=config.seed)
-    _say(args, f"answering {len(queries)} queries with {config.ad_llm.name} in one batched call "
-               f"(up to {config.ad_sampling.max_new_tokens} new tokens each)...")
+    _say(args, f"answering {len(queries)} queries with {config.market.mechanism} on "
+               f"{config.ad_llm.name} in one batch (up to {config.ad_sampling.max_new_tokens} new "
+               "tokens each)...")
     start = time.time()
-    answers = answer_queries(config, lm, retriever, catalog, profiles, queries, rng)
+    answers = answer_queries(config, retriever, catalog, profiles, queries, rng)
     seconds = time.time() - start
     _say(args, f"answered {len(answers)} queries in {seconds:.1f} s")
     for request, alloc in answers:
@@ -494,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--split", choices=["train", "test", "all"], default="test")
     answer.add_argument("--num-queries", type=int, default=4)
     answer.add_argument("--num-candidates", help="candidate ads per prompt, or 'all'")
+    answer.add_argument("--mechanism", help="mechanism that answers (default: market.mechanism, "
+                        "llm_auction_tilted)")
     answer.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     _config_args(answer)
     answer.set_defaults(func=cmd_answer)

@@ -16,11 +16,12 @@ from llmauction_sim.lm.encoder import CandidateRetriever
 from llmauction_sim.mechanisms import Allocation, AuctionRequest, make_mechanism
 
 
-def answer_queries(config: RunConfig, lm: LanguageModel, retriever: CandidateRetriever,
-                   catalog: Catalog, profiles: pd.DataFrame, queries: pd.DataFrame,
-                   rng: np.random.Generator) -> list[tuple[AuctionRequest, Allocation]]:
-    """One batched Ad-LLM call for all `queries` (rows of a data build's queries.parquet), with
-    the paper's bids (integers uniform in market.bid_low..bid_high, per query and ad)."""
+def answer_queries(config: RunConfig, retriever: CandidateRetriever, catalog: Catalog,
+                   profiles: pd.DataFrame, queries: pd.DataFrame, rng: np.random.Generator,
+                   lm: LanguageModel | None = None) -> list[tuple[AuctionRequest, Allocation]]:
+    """`queries` (rows of a data build's queries.parquet) answered in one batch by
+    `market.mechanism` (on `lm` when given, else its own model), with the paper's bids (integers
+    uniform in market.bid_low..bid_high, per query and ad)."""
     by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
     users = [by_user[u] for u in queries["user_id"]]
     texts = list(queries["query"])
@@ -31,7 +32,7 @@ def answer_queries(config: RunConfig, lm: LanguageModel, retriever: CandidateRet
                                                                              len(cands)))})
         for qid, user, text, cands in zip(queries["query_id"], users, texts,
                                           retriever.retrieve(users, texts))]
-    mechanism = make_mechanism("pretrained", config, ad_lm=lm, catalog=catalog)
+    mechanism = make_mechanism(config.market.mechanism, config, ad_lm=lm, catalog=catalog)
     return list(zip(requests, mechanism.allocate(requests, rng)))
 
 

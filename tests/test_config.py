@@ -47,7 +47,9 @@ def test_defaults_construct() -> None:
             config.ad_sampling.top_k) == (0.7, 0.8, 20)
     # The User-LLM section has its own defaults.
     assert (config.user_sampling.temperature, config.user_sampling.max_new_tokens) == (0.3, 64)
-    assert config.retrieval.num_candidates == 6
+    assert config.retrieval.num_candidates == 4
+    assert config.market.mechanism == "llm_auction_tilted"
+    assert config.mechanisms.policy_adapter == "smollm2-135m-warmstart"
     assert config.data.query_writer == "llm"
     assert RunConfig.from_dict({}) == config
 

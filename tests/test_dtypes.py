@@ -253,3 +253,20 @@ def test_embedded_model_float32_and_bfloat16_agree(packaged_catalog) -> None:
     # The first tokens agree (bf16 rounding can flip a near-tie later in an answer).
     agree = [w[0].token_ids[:4] == g[0].token_ids[:4] for w, g in zip(want, got)]
     assert sum(agree) >= 3, [(w[0].text, g[0].text) for w, g in zip(want, got)]
+
+
+def test_score_options_equal_scoring_each_option(models, tokenizer) -> None:
+    """One pass over the prompt and its options on the prompt's cache == scoring each option as a
+    continuation on its own (a partly written answer is continued)."""
+    dtype, model, _ = models
+    lm = TransformersLM(model, tokenizer, name=f"tiny-{dtype}")
+    prompts = [PROMPTS[1], [*PROMPTS[2], {"role": "assistant", "content": "Sure, try @"}],
+               PROMPTS[0]]
+    options = [["Acme@[Ad-0001]", "Bolt Trail Shoes@[Ad-0002]", "x"],
+               ["Tent Co@[Ad-0003]", "Summit Trek Boots@[Ad-0101]"], []]
+    got = lm.score_options(prompts, options, rows_per_batch=2)
+    tol = {"float32": 1e-4, "bfloat16": 0.2, "float16": 0.02}[dtype]
+    for p, opts, values in zip(prompts, options, got):
+        assert len(values) == len(opts)
+        if opts:
+            assert values == pytest.approx(lm.score([p] * len(opts), opts), abs=tol)

@@ -170,3 +170,22 @@ def test_demo_shows_a_market_with_ads_and_the_bid_blind_comparison(llm_data: Pat
     assert "same queries and bids" in printed and "llm_auction (bid-blind)" in printed
     queries = pd.read_parquet(out / "queries.parquet")
     assert (queries["format_errors"] == 0).all()  # the tilted decoder writes mentions itself
+
+
+def test_cli_evaluate_compares_mechanisms_on_the_same_auctions(tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    build_dataset(RunConfig().with_overrides(["data.profiles=12", "data.query_writer=template"]),
+                  data, progress=False)
+    out = tmp_path / "compare"
+    code = main(["evaluate", "--mechanism", "llm_auction,llm_auction_tilted", "--test-queries",
+                 "4", "--data", str(data), "--out", str(out), "--quiet",
+                 "--set", "ad_sampling.max_new_tokens=48"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Paired differences against `llm_auction`" in printed
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["mechanism"]) == ["llm_auction", "llm_auction_tilted"]
+    assert (table["auctions"] == 4).all()
+    logs = [pd.read_parquet(out / m / "queries.parquet") for m in table["mechanism"]]
+    assert list(logs[0]["query_id"]) == list(logs[1]["query_id"])
+    assert [dict(b) for b in logs[0]["bids"]] == [dict(b) for b in logs[1]["bids"]]

@@ -15,7 +15,6 @@ import llmauction_sim.learning.irpo as irpo
 from llmauction_sim.clicks.base import ClickDecision
 from llmauction_sim.config import RunConfig
 from llmauction_sim.data import build_dataset
-from llmauction_sim.domain.mentions import render_mention
 from llmauction_sim.lm.hf import TransformersLM
 
 
@@ -54,12 +53,12 @@ class MentioningLM(TransformersLM):
     def generate(self, prompts, params):
         result = super().generate(prompts, params)
         for prompt, row in zip(prompts, result):
-            line = next(x for x in prompt[-1]["content"].splitlines()
-                        if x.startswith("Candidate ads: "))
-            ad = json.loads(line[len("Candidate ads: "):])[0]
+            lines = [x for x in prompt[-1]["content"].splitlines() if x.startswith("@")]
+            if not lines:  # a prompt without ads (the warm start's plain questions)
+                continue
+            mention = lines[0].split(" | ")[0]  # the first candidate's line
             for k in range(0, len(row), 2):
-                row[k] = dataclasses.replace(
-                    row[k], text=f"{row[k].text} {render_mention(ad['title'], ad['id'])}")
+                row[k] = dataclasses.replace(row[k], text=f"{row[k].text} {mention}")
         return result
 
 
@@ -213,7 +212,8 @@ def test_no_clicks_skips_pctr_and_no_pairs_skips_dpo(tmp_path, data, tokenizer) 
 
 
 WARM = CONFIG.with_overrides(["warmstart.queries=4", "warmstart.epochs=1",
-                              "warmstart.learning_rate=1e-2", "warmstart.batch_size=2"])
+                              "warmstart.learning_rate=1e-2", "warmstart.batch_size=2",
+                              "warmstart.no_ad_rate=0"])
 
 
 def _weights(model):
@@ -236,6 +236,8 @@ def test_warm_start_runs_before_epoch_0_and_resume_restores_it(tmp_path, data, t
     assert (state["epoch"], state["phase"]) == (0, "evaluate")
     info = json.loads((tmp_path / "epoch-0" / "warmstart.json").read_text())
     assert info["metrics"]["examples"] == 4 and info["metrics"]["steps"] >= 1
+    assert set(info["gate"]["checks"]) == {"mention_rate", "format_errors", "early_mentions",
+                                           "bid_blind"}
     assert (tmp_path / "epoch-0" / "warmstart" / "adapter_config.json").is_file()
     examples = pd.read_parquet(tmp_path / "epoch-0" / "warmstart.parquet")
     assert len(examples) == 4 and all(len(ids) == 1 for ids in examples["inserted"])

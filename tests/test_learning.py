@@ -76,7 +76,7 @@ def click_log():
 @pytest.fixture(scope="module")
 def trained(click_log):
     frame, _ = click_log
-    model = PctrModel(PctrConfig(epochs=8), encoder=KeywordEncoder())
+    model = PctrModel(PctrConfig(epochs=8, min_steps=0), encoder=KeywordEncoder())
     report = model.fit(frame)
     return model, report
 

@@ -393,7 +393,8 @@ def test_evaluate_every_mechanism_on_the_embedded_model(tmp_path) -> None:
         "retrieval.num_candidates=3", "data.profiles=12", "data.query_writer=template"])
     lm = load_language_model(config.ad_llm, seed=config.seed)
     summaries = {}
-    for name in ("pretrained", "pregen_gsp", "mosaic", "llm_auction"):
+    for name in ("pretrained", "pregen_gsp", "mosaic", "llm_auction", "llm_auction_tilted",
+                 "llm_auction_ranked"):
         out = tmp_path / name
         # The first run builds template-written data (asked for by name) in its folder; the others
         # reuse it.
@@ -406,6 +407,6 @@ def test_evaluate_every_mechanism_on_the_embedded_model(tmp_path) -> None:
             assert key in stored
     assert summaries["mosaic"]["generations_per_query"] == 2
     assert summaries["pregen_gsp"]["generations_per_query"] == 1
-    # Before training, llm_auction is the pretrained model: same answers, same metrics.
+    # Given the same model (here the base one), llm_auction is pretrained: same answers.
     for key in ("revenue_per_query", "reward_per_query", "ads_per_response"):
         assert summaries["llm_auction"][key] == summaries["pretrained"][key]

@@ -41,7 +41,8 @@ class KnownScorer:
         out = []
         for chat, cont in zip(prompts, continuations):
             ad_id = cont.split("[")[-1].rstrip("]")
-            line = next(x for x in chat[-1]["content"].splitlines() if f"[{ad_id}]" in x)
+            user = next(m["content"] for m in chat if m["role"] == "user")
+            line = next(x for x in user.splitlines() if f"[{ad_id}]" in x)
             bid = float(line.rsplit("bid ", 1)[1])
             out.append(SLOPE * bid + (int(ad_id[-2:]) % 7) * 0.3)
         return np.array(out)

@@ -129,3 +129,40 @@ def test_decoder_is_reproducible(tiny_lm) -> None:
     a = mech.allocate(requests(), np.random.default_rng(5))
     b = mech.allocate(requests(), np.random.default_rng(5))
     assert [x.response for x in a] == [x.response for x in b]
+
+
+@pytest.mark.slow
+def test_tilt_on_the_embedded_warm_start_is_monotone_and_continuous() -> None:
+    """With pi_0's real choice probabilities (the shipped warm start, at its own mention point)
+    the tilted choice of each ad and the decision to open a mention are non-decreasing in its bid
+    and move by at most pCTR / (4T) per bid unit over a fine grid."""
+    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.prompts import ad_llm_messages
+    from llmauction_sim.mechanisms.base import policy_config
+    from llmauction_sim.mechanisms.tilted import mention_logprobs
+    from llmauction_sim.probe import mention_prefixes
+
+    config = RunConfig()
+    lm = load_language_model(policy_config(config))
+    reqs = requests(3, 4)
+    prompts = [ad_llm_messages(r.profile, r.query, r.candidates, r.bids, config.ad_prompt)
+               for r in reqs]
+    prefixes, _ = mention_prefixes(lm, prompts)
+    log_q = mention_logprobs(lm, prompts, prefixes, reqs, [[a.id for a in r.candidates]
+                                                          for r in reqs])
+    temperature, grid = config.mechanisms.tilted_temperature, np.linspace(0, 100, 401)
+    for r, lq in zip(reqs, log_q):
+        assert np.all(np.isfinite(lq)) and len(lq) == 4
+        pctr = np.array([0.1, 0.25, 0.4, 0.05])
+        for i in range(4):
+            bids = np.array([r.bids[a.id] for a in r.candidates], float)
+            choice, opened = [], []
+            for b in grid:
+                bids[i] = b
+                u = ad_utilities(bids, pctr, config.penalty, 1.0, 1)
+                choice.append(tilted_choice(lq, u, temperature)[i])
+                opened.append(open_probability(0.3, log_mention_value(lq, u, temperature)))
+            for curve in (np.array(choice), np.array(opened)):
+                assert np.all(np.diff(curve) >= -1e-12)
+                assert np.abs(np.diff(curve)).max() <= pctr[i] * 0.25 / (4 * temperature) + 1e-9
+            assert choice[-1] > choice[0]  # the bid moves the allocation

@@ -72,6 +72,7 @@ class IrpoRun:
     pctr_encoder: Any = None
     base_model: Any = None
     progress: bool = True
+    start_adapter: str | None = None  # pi_0's adapter, merged into the starting policy
     notes: list[str] = field(default_factory=list)
     done: tuple[int, int] = (-1, -1)  # (epoch, phase index) of the last completed phase
     seconds: dict[str, float] = field(default_factory=dict)
@@ -480,7 +481,7 @@ def warmstart_phase(run: IrpoRun) -> dict:
             run.say(f"warning: the warm start failed its gate {info['gate']['checks']} "
                     "(epoch-0/warmstart.json); IRPO goes on from it")
     else:
-        info["start_adapter"] = _start_config(cfg).adapter
+        info["start_adapter"] = run.start_adapter
     policy = folder / "policy"
     tmp = policy.with_name(f".policy.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -704,8 +705,11 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
     if model is None and resources.get("ad_lm") is not None:
         # Training changes the model in place; the caller's generator keeps its own weights.
         model, tokenizer = copy.deepcopy(resources["ad_lm"].model), resources["ad_lm"].tokenizer
-    elif model is None:
-        model, tokenizer = load_trainable(_start_config(config))
+    start_adapter = None
+    if model is None:
+        start = _start_config(config)
+        model, tokenizer = load_trainable(start)
+        start_adapter = start.adapter
 
     def default_lm(m, tok):
         return TransformersLM(m, tok, name=config.ad_llm.name,
@@ -718,7 +722,7 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
     check_lengths(config, tokenizer, train)
     run = IrpoRun(config, out, data_dir, train, catalog, retriever, judge, tokenizer, model,
                   make_lm(model, tokenizer), make_lm, resources.get("pctr_encoder"),
-                  base_model=model, progress=progress)
+                  base_model=model, progress=progress, start_adapter=start_adapter)
     return run
 
 
@@ -757,7 +761,7 @@ def advance(run: IrpoRun, through: int) -> None:
     """Run every phase not yet completed up to the end of epoch `through` (0: the warm start and
     the starting policy's evaluation)."""
     config, done = run.config, run.done
-    if (config.warmstart.queries or _start_config(config).adapter) and \
+    if (config.warmstart.queries or run.start_adapter) and \
             done < (0, PHASES.index("warmstart")):
         start = time.perf_counter()
         run.say(f"epoch 0: format warm start on {config.warmstart.queries} training auctions"

@@ -462,6 +462,66 @@ class TransformersLM:
         with fast_cpu_inference(self.model, self.cpu_kernels):
             return self._score_sorted(pairs, order, params)
 
+    @torch.inference_mode()
+    def score_options(self, prompts: Sequence[Chat], options: Sequence[Sequence[str]],
+                      rows_per_batch: int = 16) -> list[np.ndarray]:
+        """log p(option | prompt) for every option of every prompt (a prompt whose last message
+        is the assistant's is continued). Each prompt runs once; its options run as a batch on
+        copies of its cache, so K options cost one prompt instead of K (the choice probe and the
+        tilted decoder score every candidate at one point of one answer)."""
+        encoded = [self.encode_chat(p) for p in prompts]
+        tails = [[self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts]
+                 for opts in options]
+        out = [np.zeros(len(opts)) for opts in options]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        with fast_cpu_inference(self.model, self.cpu_kernels):
+            for start in range(0, len(order), rows_per_batch):
+                rows = [i for i in order[start:start + rows_per_batch] if tails[i]]
+                if rows:
+                    for i, values in zip(rows, self._score_option_rows(
+                            [encoded[i] for i in rows], [tails[i] for i in rows])):
+                        out[i] = values
+        return out
+
+    def _score_option_rows(self, prompts: list[list[int]], tails: list[list[list[int]]]
+                           ) -> list[np.ndarray]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        first = self.model(input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp_min(0), cache=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        owner = torch.tensor([r for r, opts in enumerate(tails) for _ in opts],
+                             device=self.device)
+        flat = [t for opts in tails for t in opts]
+        t_max = max(len(t) for t in flat)
+        cache.batch_select_indices(owner)
+        opt_ids = torch.full((len(flat), t_max), self.pad_id, dtype=torch.long)
+        opt_mask = torch.zeros((len(flat), t_max), dtype=torch.long)
+        for k, t in enumerate(flat):
+            opt_ids[k, :len(t)] = torch.tensor(t)
+            opt_mask[k, :len(t)] = 1
+        opt_ids, opt_mask = opt_ids.to(self.device), opt_mask.to(self.device)
+        lengths = mask.sum(-1)[owner]
+        logits = self.model(input_ids=opt_ids, attention_mask=torch.cat([mask[owner], opt_mask],
+                                                                        -1),
+                            position_ids=lengths[:, None] + torch.arange(t_max,
+                                                                         device=self.device),
+                            cache=cache, use_cache=True).logits.float()
+        lp = torch.log_softmax(torch.cat([first[owner, None], logits[:, :-1]], 1), -1)
+        token_lp = lp.gather(-1, opt_ids[..., None]).squeeze(-1) * opt_mask
+        values = token_lp.sum(-1).cpu().numpy().astype(np.float64)
+        out, k = [], 0
+        for opts in tails:
+            out.append(values[k:k + len(opts)])
+            k += len(opts)
+        return out
+
     def _score_sorted(self, pairs, order, params) -> np.ndarray:
         result = np.zeros(len(pairs))
         for start in range(0, len(order), self.max_batch_size):

@@ -26,9 +26,10 @@ from llmauction_sim.manifest import environment, write_json
 from llmauction_sim.tables import read_query_log, write_query_log
 
 # Why a market shows no ad (the CLI's demo and the browser page say it).
-NO_AD_NOTE = ("the Ad-LLM inserted no valid ad, so nothing was clicked or paid: the small "
-              "embedded model rarely writes the @Title@[ID] markup before training "
-              "(docs/market.md)")
+NO_AD_NOTE = ("the Ad-LLM inserted no valid ad, so nothing was clicked or paid: the untrained "
+              "embedded model (mechanism `pretrained`) rarely writes the @Title@[ID] markup, and "
+              "the tilted decoder (the default) shows no ad when every candidate's bid x pCTR is "
+              "below an ad's format cost; see docs/mechanisms.md")
 PLOTTED = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
            "format_error_rate", "no_ad_rate")
 

@@ -95,11 +95,9 @@ def policy_config(config):
 
 
 def policy_lm_and_catalog(config, ad_lm=None, catalog=None):
-    """(pi_0's LanguageModel, catalog); a given `ad_lm` (the configured Ad-LLM) is used only
-    when pi_0 is that same model."""
-    model_config = policy_config(config)
-    return ad_llm_and_catalog(config, ad_lm if model_config == config.ad_llm else None, catalog,
-                              model_config)
+    """(pi_0's LanguageModel, catalog): a given `ad_lm` is taken as pi_0 (IRPO and the joint
+    schedule pass their current policy), else `policy_config(config)` is loaded."""
+    return ad_llm_and_catalog(config, ad_lm, catalog, policy_config(config))
 
 
 MECHANISMS: Registry[Callable[..., Mechanism]] = Registry(

@@ -92,21 +92,23 @@ def mention_logprobs(lm: LanguageModel, prompts: Sequence, prefixes: Sequence[st
     """log pi(mention of each listed candidate | prompt, prefix) per row, up to a constant per
     row: an answer that starts with its mention has prefix ""; otherwise the prefix ends with the
     opening ``@`` (a token of its own in the tokenizers used here), whose probability is common to
-    every candidate and cancels when the choice is renormalised."""
-    flat_prompts, conts, owners = [], [], []
-    for row, (prompt, prefix, r, ids) in enumerate(zip(prompts, prefixes, requests,
-                                                       candidate_ids)):
+    every candidate and cancels when the choice is renormalised. A backend with `score_options`
+    runs each prompt and prefix once for all its candidates."""
+    chats, options = [], []
+    for prompt, prefix, r, ids in zip(prompts, prefixes, requests, candidate_ids):
         titles = r.candidate_titles()
-        for ad_id in ids:
-            mention = render_mention(titles[ad_id], ad_id)
-            flat_prompts.append(prompt)
-            conts.append(prefix + mention[len(MENTION_OPEN):] if prefix else mention)
-            owners.append(row)
-    scores = lm.score(flat_prompts, conts) if conts else np.zeros(0)
-    out: list[list[float]] = [[] for _ in prompts]
-    for row, s in zip(owners, scores):
-        out[row].append(float(s))
-    return [np.asarray(x) for x in out]
+        mentions = [render_mention(titles[ad_id], ad_id) for ad_id in ids]
+        chats.append(_continued(prompt, prefix))
+        options.append([m[len(MENTION_OPEN):] if prefix else m for m in mentions])
+    if hasattr(lm, "score_options"):
+        return lm.score_options(chats, options)
+    flat_chats = [c for c, opts in zip(chats, options) for _ in opts]
+    scores = lm.score(flat_chats, [o for opts in options for o in opts]) if flat_chats else []
+    out, k = [], 0
+    for opts in options:
+        out.append(np.asarray(scores[k:k + len(opts)], np.float64))
+        k += len(opts)
+    return out
 
 
 def _join(prefix: str, text: str) -> str:
@@ -185,7 +187,10 @@ class TiltedMechanism(FirstPricePerClick):
                     u = ad_utilities([r.bids[a] for a in left], [pctr[row][a] for a in left],
                                      self.penalty, self.lam, k + 1)
                     probs = tilted_choice(lq, u, self.temperature)
-                    pick = left[int(rng.choice(len(left), p=probs))]
+                    # Each auction's draws come from its own seeds, so its answer does not depend
+                    # on the other auctions of the batch (paired comparisons, bid sweeps).
+                    pick = left[int(np.random.default_rng(int(seeds[row, k])).choice(
+                        len(left), p=probs))]
                     choices[row].append(dict(zip(left, map(float, probs))))
                     prefixes[row] += render_mention(r.candidate_titles()[pick],
                                                     pick)[len(MENTION_OPEN):]
