@@ -6,6 +6,7 @@ of those comes from its own seeded stream, independent of the mechanism, so runs
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -157,14 +158,34 @@ def evaluate_many(config: RunConfig, names: list[str], test_queries: int, out: s
     _, judge = _resources(config, catalog, retriever, None, judge)
     logs, generations = {}, {}
     for name in names:
-        if progress:
-            progress(f"evaluating {name} on {len(requests)} test auctions")
-        summary = evaluate(config.with_overrides([f"market.mechanism={name}"]), name,
-                           test_queries, out / name, data, judge=judge, retriever=retriever)
+        cfg = config.with_overrides([f"market.mechanism={name}"])
+        summary = _finished_evaluation(cfg, out / name, len(requests))
+        if summary is None:
+            if progress:
+                progress(f"evaluating {name} on {len(requests)} test auctions")
+            summary = evaluate(cfg, name, test_queries, out / name, data, judge=judge,
+                               retriever=retriever)
+        elif progress:
+            progress(f"{name}: reusing {out / name} (same settings, {len(requests)} auctions)")
         logs[name] = read_query_log(out / name / "queries.parquet")
         generations[name] = float(summary["generations_per_query"])
     table, _ = write_comparison(out, logs, generations, config.seed)
     return table
+
+
+def _finished_evaluation(config: RunConfig, folder: Path, auctions: int) -> dict | None:
+    """The summary of an `evaluate` already run in `folder` with the same settings on as many
+    auctions (a rerun comparison only evaluates what is missing), else None."""
+    from llmauction_sim.tables import read_query_log
+
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        same = json.loads((folder / "config.json").read_text()) == json.loads(
+            json.dumps(config.to_dict()))
+        rows = len(read_query_log(folder / "queries.parquet"))
+    except (OSError, ValueError):
+        return None
+    return summary if same and rows == auctions else None
 
 
 def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path, *,

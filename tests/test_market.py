@@ -263,6 +263,23 @@ def test_evaluate_writes_the_same_native_log(tmp_path, packaged_catalog, text_en
         assert all(row["payments"][a] == row["bids"][a] for a in row["clicked"])
 
 
+def test_a_finished_evaluation_is_reused_only_with_the_same_settings(
+        tmp_path, packaged_catalog, text_encoder):
+    from llmauction_sim.evaluation import _finished_evaluation, evaluate
+    from llmauction_sim.lm.encoder import CandidateRetriever
+
+    cfg = RunConfig(seed=3).with_overrides(["data.query_writer=template", "data.profiles=12"])
+    retriever = CandidateRetriever(packaged_catalog, text_encoder, 4, 0.3)
+    assert _finished_evaluation(cfg, tmp_path, 3) is None  # nothing there yet
+    summary = evaluate(cfg, "scripted", 3, tmp_path, mechanism=ScriptedMechanism(
+        packaged_catalog, cfg.penalty), judge=ScriptedJudge(), retriever=retriever)
+    assert _finished_evaluation(cfg, tmp_path, 3) == json.loads(json.dumps(summary))
+    assert _finished_evaluation(cfg, tmp_path, 4) is None  # another number of auctions
+    assert _finished_evaluation(cfg.with_overrides(["seed=4"]), tmp_path, 3) is None
+    (tmp_path / "queries.parquet").write_bytes(b"cut short")  # a crash mid-write
+    assert _finished_evaluation(cfg, tmp_path, 3) is None
+
+
 def test_same_seed_same_run_and_resume_after_crash(tmp_path, packaged_catalog, resources):
     cfg = config(steps=4, data=str(tmp_path / "data"))
     profiles, queries = write_small_data(tmp_path / "data", packaged_catalog)
