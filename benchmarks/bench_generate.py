@@ -81,6 +81,32 @@ def batched(lm, prompts, params: SamplingParams) -> tuple[int, float]:
     return sum(c.num_tokens for out in outputs for c in out), time.perf_counter() - start
 
 
+def compare_dtypes(lm, other, prompts, params: SamplingParams, repeats: int) -> dict:
+    """float32 (`lm`) against bfloat16 (`other`) on the same prompts, alternating which goes first
+    in each of `repeats` rounds so that a drifting machine load falls on both; wall time and this
+    process's CPU time (which other processes' load barely moves) are both reported."""
+    totals = {name: [0, 0.0, 0.0] for name in ("float32", "bf16")}
+    ratios = []
+    for r in range(repeats):
+        order = [("float32", lm), ("bf16", other)]
+        rate = {}
+        for name, model in order if r % 2 == 0 else order[::-1]:
+            cpu = time.process_time()
+            tokens, seconds = batched(model, prompts, params)
+            totals[name][0] += tokens
+            totals[name][1] += seconds
+            totals[name][2] += time.process_time() - cpu
+            rate[name] = tokens / seconds
+        ratios.append(rate["bf16"] / rate["float32"])
+    (f_tok, f_s, f_cpu), (h_tok, h_s, h_cpu) = totals["float32"], totals["bf16"]
+    return {"repeats": repeats, "batched_tokens": f_tok, "batched_seconds": round(f_s, 2),
+            "batched_tok_s": round(f_tok / f_s, 1), "bf16_tokens": h_tok,
+            "bf16_seconds": round(h_s, 2), "bf16_tok_s": round(h_tok / h_s, 1),
+            "bf16_over_float32": round(h_tok / h_s * f_s / f_tok, 2),
+            "bf16_over_float32_per_round": [round(x, 2) for x in ratios],
+            "bf16_over_float32_cpu_time": round(h_tok / h_cpu * f_cpu / f_tok, 2)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
@@ -97,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compare-dtypes", action="store_true",
                         help="time the batched path in float32 and in bfloat16 in this run "
                         "(overrides ad_llm.dtype; the naive loop uses float32)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--compare-dtypes: rounds of float32 and bfloat16, alternating")
     parser.add_argument("--dtype", help="override ad_llm.dtype (float32, bfloat16, float16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -122,9 +150,16 @@ def main(argv=None) -> int:
               "mean_prompt_tokens": float(np.mean(prompt_tokens)),
               "max_new_tokens": max_new, "batch_size": lm.max_batch_size,
               "cpu_kernels": lm.cpu_kernels}
-    b_tokens, b_seconds = batched(lm, prompts, params)
-    result.update(batched_tokens=b_tokens, batched_seconds=round(b_seconds, 2),
-                  batched_tok_s=round(b_tokens / b_seconds, 1))
+    if args.compare_dtypes:
+        other = load_language_model(dataclasses.replace(config.ad_llm, dtype="bfloat16"),
+                                    seed=args.seed)
+        other.generate(prompts[:2], params)
+        result.update(compare_dtypes(lm, other, prompts, params, args.repeats))
+        b_tokens, b_seconds = result["batched_tokens"], result["batched_seconds"]
+    else:
+        b_tokens, b_seconds = batched(lm, prompts, params)
+        result.update(batched_tokens=b_tokens, batched_seconds=round(b_seconds, 2),
+                      batched_tok_s=round(b_tokens / b_seconds, 1))
     if args.compare_cpu_kernels and lm.cpu_kernels:
         lm.cpu_kernels = False
         p_tokens, p_seconds = batched(lm, prompts, params)
@@ -132,14 +167,6 @@ def main(argv=None) -> int:
         result.update(no_kernels_tokens=p_tokens, no_kernels_seconds=round(p_seconds, 2),
                       no_kernels_tok_s=round(p_tokens / p_seconds, 1),
                       cpu_kernels_ratio=round(p_seconds / b_seconds * b_tokens / p_tokens, 2))
-    if args.compare_dtypes:
-        other = load_language_model(dataclasses.replace(config.ad_llm, dtype="bfloat16"),
-                                    seed=args.seed)
-        other.generate(prompts[:2], params)
-        h_tokens, h_seconds = batched(other, prompts, params)
-        result.update(bf16_tokens=h_tokens, bf16_seconds=round(h_seconds, 2),
-                      bf16_tok_s=round(h_tokens / h_seconds, 1),
-                      bf16_over_float32=round(h_tokens / h_seconds * b_seconds / b_tokens, 2))
     if not args.skip_naive:
         naive_prompts = prompts[:args.naive_prompts] if args.naive_prompts else prompts
         n_tokens, n_seconds = naive_loop(lm, naive_prompts, params)
