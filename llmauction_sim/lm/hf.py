@@ -483,15 +483,20 @@ class TransformersLM:
                         out[i] = values
         return out
 
+    def _padded(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids padded to the longest row (on the left or the right) and their mask."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r)
+            mask[i, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
     def _score_option_rows(self, prompts: list[list[int]], tails: list[list[list[int]]]
                            ) -> list[np.ndarray]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self._padded(prompts, left=True)
         cache = DynamicCache()
         first = self.model(input_ids=ids, attention_mask=mask,
                            position_ids=(mask.cumsum(-1) - 1).clamp_min(0), cache=cache,
@@ -499,14 +504,9 @@ class TransformersLM:
         owner = torch.tensor([r for r, opts in enumerate(tails) for _ in opts],
                              device=self.device)
         flat = [t for opts in tails for t in opts]
-        t_max = max(len(t) for t in flat)
         cache.batch_select_indices(owner)
-        opt_ids = torch.full((len(flat), t_max), self.pad_id, dtype=torch.long)
-        opt_mask = torch.zeros((len(flat), t_max), dtype=torch.long)
-        for k, t in enumerate(flat):
-            opt_ids[k, :len(t)] = torch.tensor(t)
-            opt_mask[k, :len(t)] = 1
-        opt_ids, opt_mask = opt_ids.to(self.device), opt_mask.to(self.device)
+        opt_ids, opt_mask = self._padded(flat, left=False)
+        t_max = opt_ids.shape[1]
         lengths = mask.sum(-1)[owner]
         logits = self.model(input_ids=opt_ids, attention_mask=torch.cat([mask[owner], opt_mask],
                                                                         -1),
@@ -531,12 +531,7 @@ class TransformersLM:
             cmax = max(len(pairs[i][1]) for i in chunk)
             if cmax == 0:
                 continue
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, width - len(s):] = torch.tensor(s)
-                mask[r, width - len(s):] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
+            ids, mask = self._padded(seqs, left=True)
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             # Left padding puts every continuation at the right edge: only those logits are needed.
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
