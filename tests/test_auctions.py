@@ -99,3 +99,86 @@ def test_registry() -> None:
         make_mechanism("gps")
     with pytest.raises(ValueError, match=">= 0"):
         first_price([[1.0, -1.0]])
+
+
+def test_counterfactual_tie_is_the_expected_outcome_of_the_random_tie_break() -> None:
+    """A k-way tie for the last slots left wins each with probability slots_left / k."""
+    clicks, pay = counterfactual_outcomes("first_price", [[0.5, 0.5]], [[[0.5], [0.5]]])
+    np.testing.assert_allclose(clicks[..., 0], [[0.5, 0.5]])
+    np.testing.assert_allclose(pay[..., 0], [[0.25, 0.25]])
+    # GSP, three tied for two slots (weights 1, 0.6): each gets 1.6 / 3 clicks and pays the tied
+    # score 1 per click; the bidder below gets nothing.
+    bids = np.array([[1.0, 1.0, 1.0, 0.5]])
+    clicks, pay = counterfactual_outcomes("gsp", bids, bids[:, :, None], slot_weights=[1.0, 0.6])
+    np.testing.assert_allclose(clicks[..., 0], [[1.6 / 3] * 3 + [0.0]])
+    np.testing.assert_allclose(pay[..., 0], [[1.6 / 3] * 3 + [0.0]])
+    # The mechanism's random tie break gives the same outcome on average (tolerance ~5 s.e.).
+    for name, weights in (("first_price", [1.0]), ("second_price", [1.0]),
+                          ("gsp", [1.0, 0.6, 0.3]), ("gsp", [1.0, 0.6])):
+        b = np.array([[0.8, 0.8, 0.8, 0.5, 0.5]])
+        many = np.repeat(b, 40_000, axis=0)
+        r = make_mechanism(name)(many, slot_weights=weights, rng=np.random.default_rng(0))
+        clicks, pay = counterfactual_outcomes(name, b, b[:, :, None], slot_weights=weights)
+        np.testing.assert_allclose(r.clicks.mean(axis=0), clicks[0, :, 0], atol=0.012)
+        np.testing.assert_allclose(r.payment.mean(axis=0), pay[0, :, 0], atol=0.012)
+    # A candidate bid tying another bidder's counts the same way.
+    clicks, _ = counterfactual_outcomes("second_price", [[0.5, 0.3]], [[[0.3], [0.5]]])
+    np.testing.assert_allclose(clicks[..., 0], [[0.5, 0.5]])
+
+
+def test_invalid_inputs_are_rejected_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="ctr.*NaN"):
+        first_price([[1.0, 2.0]], ctr=[[np.nan, 0.5]])
+    with pytest.raises(ValueError, match="ctr.*>= 0"):
+        first_price([[1.0, 2.0]], ctr=[[-0.5, 0.5]], quality=1.0)
+    with pytest.raises(ValueError, match="quality"):
+        gsp([[1.0, 2.0]], quality=[[np.nan, 0.5]])
+    for bad in (np.nan, np.inf, -1.0):
+        with pytest.raises(ValueError, match="bids"):
+            second_price([[1.0, bad]])
+    with pytest.raises(ValueError, match="candidate_bids"):
+        counterfactual_outcomes("first_price", [[1.0, 2.0]], [[[np.nan], [1.0]]])
+    with pytest.raises(ValueError, match="reserve"):
+        first_price([[1.0, 2.0]], reserve=np.nan)
+
+
+@pytest.mark.parametrize("name", ["first_price", "second_price", "gsp"])
+def test_zero_bids_and_bids_below_the_reserve_do_not_participate(name) -> None:
+    mech = make_mechanism(name)
+    weights = [1.0] if name == "second_price" else [1.0, 0.5, 0.25]
+    r = mech([[0.0, 0.0, 0.0]], slot_weights=weights, rng=np.random.default_rng(0))
+    assert r.slot.tolist() == [[-1, -1, -1]] and r.revenue == 0.0
+    r = mech([[0.0, 0.4, 0.0]], slot_weights=weights, rng=np.random.default_rng(0))
+    assert r.slot.tolist() == [[-1, 0, -1]]
+    np.testing.assert_allclose(r.payment, [[0.0, 0.4 if name == "first_price" else 0.0, 0.0]])
+    # With a reserve, a bid at the reserve participates and one below it does not.
+    r = mech([[0.5, 2.0, 1.0]], slot_weights=weights, reserve=1.0)
+    expected = [[-1, 0, -1]] if name == "second_price" else [[-1, 0, 1]]
+    assert r.slot.tolist() == expected
+    # The counterfactual agrees: a zero bid wins nothing even when every other bid is zero.
+    clicks, pay = counterfactual_outcomes(name, [[0.0, 0.0, 0.0]], np.zeros((1, 3, 1)),
+                                          slot_weights=weights)
+    assert np.all(clicks == 0) and np.all(pay == 0)
+
+
+def test_slot_weights_rule_is_shared_with_the_payment_rules() -> None:
+    """Slots beyond the given weights repeat the last weight, in the auctions and in payments."""
+    from llmauction_sim.domain.payments import slot_weight, slot_weights_for, vcg_slot_prices
+
+    np.testing.assert_allclose(slot_weights_for([1.0, 0.5], 4), [1.0, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(slot_weights_for([1.0, 0.5, 0.2], 2), [1.0, 0.5])
+    np.testing.assert_allclose(slot_weights_for([1.0, 0.5]), [1.0, 0.5])
+    assert [slot_weight([1.0, 0.5], j) for j in range(4)] == [1.0, 0.5, 0.5, 0.5]
+    bids = np.array([[4.0, 3.0, 2.0, 1.0]])
+    short = gsp(bids, slot_weights=[1.0, 0.5], slots=3)
+    full = gsp(bids, slot_weights=[1.0, 0.5, 0.5])
+    assert short.slot.tolist() == full.slot.tolist() == [[0, 1, 2, -1]]
+    np.testing.assert_allclose(short.payment, full.payment)
+    clicks, pay = counterfactual_outcomes("gsp", bids, bids[:, :, None], slot_weights=[1.0, 0.5],
+                                          slots=3)
+    np.testing.assert_allclose(clicks[..., 0], full.clicks)
+    np.testing.assert_allclose(pay[..., 0], full.payment)
+    # VCG with three slots from two weights uses the same weights as the auctions.
+    prices = vcg_slot_prices({"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0},
+                             dict.fromkeys("abcd", 1.0), [1.0, 0.5], 3)
+    assert prices["c"] == pytest.approx(1.0)  # (0.5 - 0) * 1 over 0.5 clicks

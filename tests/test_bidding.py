@@ -155,3 +155,63 @@ def test_cli_equilibrium_end_to_end(tmp_path, capsys) -> None:
     code = main(["equilibrium", "--mechanism", "dutch", "--out", str(out)])
     assert code == 2
     assert "neither a classic mechanism" in capsys.readouterr().err
+
+
+def test_utility_maximizers_with_equal_values_bid_close_to_the_value() -> None:
+    """Constant values, two Hedge learners on first price: the grid's equilibria are near 0.97
+    (Bertrand); counting a tie as a sure win made the counterfactual reward shading to ~0.6."""
+    summary = run_equilibrium("first_price", "um:2", rounds=200, auctions_per_round=20, seed=0,
+                              values=ValueConfig(distribution="constant")).summary
+    assert np.mean([a["mean_shading"] for a in summary["advertisers"]]) >= 0.9
+
+
+@pytest.mark.parametrize("controller", ["dual", "pid"])
+def test_value_maximizer_priced_out_at_the_start_recovers(controller) -> None:
+    """A VM starting at m = 0.2 against constant bids 0.5 never wins at first; it must probe up,
+    then settle at m = 1/tau = 0.8 (value 0.30 per auction) with ROI >= tau."""
+    spec = f"vm:1:tau=1.25:initial_multiplier=0.2:controller={controller},fixed:2:bid=0.5"
+    result = run_equilibrium("first_price", spec, rounds=150, auctions_per_round=200, seed=5)
+    vm = result.summary["advertisers"][0]
+    assert vm["final_multiplier"] == pytest.approx(0.8, rel=0.02)
+    assert vm["roi_last"] >= 1.25 * 0.99
+    last = result.rounds[(result.rounds["advertiser"] == 0) & (result.rounds["round"] >= 135)]
+    assert last["value"].mean() / 200 == pytest.approx(0.305, abs=0.03)
+    again = run_equilibrium("first_price", spec, rounds=150, auctions_per_round=200, seed=5)
+    assert again.rounds.equals(result.rounds)
+
+
+def test_slower_hedge_step_decay_closes_the_gap_to_the_first_price_equilibrium() -> None:
+    """n = 4, uniform values: the default anytime step (eta ~ t^-1/2) leaves Hedge's mixed play
+    ~0.03 below (n-1)/n = 0.75 after 150 rounds; eta_decay = 0 (eta constant, the weights
+    sharpen linearly in t) concentrates on the leader and halves the gap."""
+    def gap(spec: str) -> float:
+        summary = run_equilibrium("first_price", spec, rounds=150, auctions_per_round=200,
+                                  seed=0).summary
+        return 0.75 - float(np.mean([a["mean_shading"] for a in summary["advertisers"]]))
+
+    default, sharp = gap("um:4"), gap("um:4:eta_decay=0")
+    assert default > 0.02
+    assert abs(sharp) < 0.6 * default
+    with pytest.raises(ConfigError, match="eta_decay"):
+        make_policy("um", 1, eta_decay=2.0)
+
+
+def test_value_maximizer_probe_rule() -> None:
+    """A round without a win raises m by (1 + probe) only when a higher bid would have paid off:
+    the counterfactual shows a larger factor winning value within the ROI target, or, without
+    counterfactuals, after `patience` idle rounds in a row; never above max_multiplier."""
+    grid = np.array([0.25, 0.5, 1.0])
+    zero = np.zeros(1)
+
+    def idle_round(cf_value=None, cf_spend=None):
+        return RoundFeedback(zero, zero, zero, np.ones(1), cf_value, cf_spend)
+
+    vm = make_policy("vm", 1, grid=grid, tau=1.25, initial_multiplier=0.3, probe=0.1)
+    vm.update(idle_round(np.array([[0.0, 1.0, 2.0]]), np.array([[0.0, 0.5, 2.0]])))
+    assert vm.multiplier[0] == pytest.approx(0.33)                 # factor 0.5: ROI 2 >= 1.25
+    vm.update(idle_round(np.array([[0.0, 1.0, 2.0]]), np.array([[0.0, 1.0, 2.0]])))
+    assert vm.multiplier[0] == pytest.approx(0.33)                 # ROI 1 < 1.25: stay
+    bandit = make_policy("vm", 1, grid=grid, initial_multiplier=9.0, probe=0.1, patience=3)
+    for expected in (9.0, 9.0, 9.9, 10.0):
+        bandit.update(idle_round())
+        assert bandit.multiplier[0] == pytest.approx(expected)

@@ -3,8 +3,13 @@
 A batch holds ``A`` independent auctions with the same ``n`` bidders. Every mechanism here ranks the
 bidders of each auction by their score ``s_ai = b_ai * q_ai`` (bid times quality; quality defaults to
 the click-through rate ``c_ai``, which defaults to 1) and gives the ``K`` slots, in order, to the
-``K`` highest scores among the bidders whose bid reaches the reserve ``r``. Slot ``k`` has a position
-weight ``w_k`` (``w_0 = 1`` for the top slot), so bidder ``i`` in slot ``k`` of auction ``a`` gets
+``K`` highest scores among the participating bidders. A bidder participates when its bid is positive
+and reaches the reserve ``r`` (``b_ai > 0`` and ``b_ai >= r``); a zero bid, or one below the reserve,
+gets no slot and pays nothing, in every mechanism, even when no one else bids. Slot ``k`` has a
+position weight ``w_k`` (``w_0 = 1`` for the top slot); ``K`` is the number of weights, or the
+``slots`` argument, in which case slots beyond the weights repeat the last weight
+(`domain.payments.slot_weights_for`, the rule the slot auction's payment rules use too). Bidder ``i``
+in slot ``k`` of auction ``a`` gets
 
     expected clicks   x_ai = w_k * c_ai          (0 when unallocated)
 
@@ -18,9 +23,13 @@ and pays a price per click ``p_ai``, i.e. an expected payment per auction of ``p
 Ties between equal scores are broken uniformly at random with the given numpy Generator (or by the
 lower bidder index when no Generator is given).
 
+Bids, the reserve, click-through rates (finite, >= 0) and qualities (finite, > 0) are checked; a NaN
+or out-of-range entry raises a ValueError naming it.
+
 `counterfactual_outcomes` evaluates, for every bidder and every candidate bid on a grid, the clicks and
-payment that bid would have got against the others' actual bids in each auction; learning bidders use it
-as full-information feedback and the metrics use it for regret against the best fixed bid in hindsight.
+payment that bid would have got against the others' actual bids in each auction, in expectation over
+the random tie break; learning bidders use it as full-information feedback and the metrics use it for
+regret against the best fixed bid in hindsight.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmauction_sim.domain.payments import slot_weights_for
 from llmauction_sim.registry import Registry
 
 
@@ -52,23 +62,45 @@ class AuctionResult:
         return float(self.payment.sum())
 
 
-def _prepare(bids, ctr, quality, slot_weights):
+def _check(name: str, values: np.ndarray, positive: bool, fix: str) -> None:
+    """Raise a ValueError naming what is wrong with `values` (NaN, inf, out of range) and the fix."""
+    bound = "> 0" if positive else ">= 0"
+    if np.isnan(values).any():
+        problem = "NaN"
+    elif np.isinf(values).any():
+        problem = "an infinite value"
+    elif (values <= 0).any() if positive else (values < 0).any():
+        problem = f"{values.min():g}"
+    else:
+        return
+    raise ValueError(f"{name} must be finite and {bound} for every bidder, got {problem}; {fix}")
+
+
+def _prepare(bids, ctr, quality, slot_weights, slots=None, reserve=0.0):
     bids = np.asarray(bids, dtype=float)
     if bids.ndim == 1:
         bids = bids[None, :]
     if bids.ndim != 2:
         raise ValueError(f"bids must have shape [auctions, bidders], got {bids.shape}")
-    if not (bids.min(initial=0.0) >= 0 and np.isfinite(bids.max(initial=0.0))):
-        raise ValueError("bids must be finite and >= 0")
+    _check("bids", bids, False, "give 0 for a bidder that does not bid")
+    if not (np.isfinite(reserve) and reserve >= 0):
+        raise ValueError(f"reserve must be a finite price >= 0, got {reserve}; use 0 for none")
     # None stands for "all ones" (ctr) and "same as ctr" (quality) so the common case stays cheap.
-    ctr = None if ctr is None else np.broadcast_to(np.asarray(ctr, float), bids.shape)
-    quality = ctr if quality is None else np.broadcast_to(np.asarray(quality, float), bids.shape)
-    if quality is not None and np.any(quality <= 0):
-        raise ValueError("quality (default: ctr) must be > 0 for every bidder")
-    weights = np.asarray(slot_weights, dtype=float).ravel()
-    if weights.size < 1 or np.any(weights < 0):
-        raise ValueError(f"slot_weights must be a non-empty list of weights >= 0, got {weights}")
-    return bids, ctr, quality, weights
+    if ctr is not None:
+        ctr = np.broadcast_to(np.asarray(ctr, float), bids.shape)
+        _check("ctr (click-through rate)", ctr, False,
+               "give 0 for a bidder that is never clicked")
+    if quality is None:
+        quality = ctr
+        if ctr is not None:
+            _check("quality (default: ctr)", ctr, True,
+                   "pass quality explicitly when some click-through rates are 0")
+    else:
+        quality = np.broadcast_to(np.asarray(quality, float), bids.shape)
+        _check("quality", quality, True, "a bidder's quality scales its score b*q")
+    if slots is None and np.size(slot_weights) < 1:
+        raise ValueError("slot_weights must be a non-empty list of weights >= 0, got []")
+    return bids, ctr, quality, slot_weights_for(slot_weights, slots)
 
 
 def _rank(scores: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -93,10 +125,9 @@ def _top1(scores: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
 
 def _allocate(bids, ctr, quality, weights, reserve, rng, pricing: str) -> AuctionResult:
     num_auctions, n = bids.shape
-    scores = bids if quality is None else bids * quality
-    eligible = bids >= reserve
-    if reserve > 0:
-        scores = np.where(eligible, scores, -1.0)  # ineligible bidders rank below everyone
+    eligible = (bids >= reserve) & (bids > 0)
+    # Non-participants rank below everyone (scores of participants are > 0).
+    scores = np.where(eligible, bids if quality is None else bids * quality, -1.0)
     rows = np.arange(num_auctions)
     slot = np.full((num_auctions, n), -1, dtype=np.int64)
     price = np.zeros((num_auctions, n))
@@ -104,11 +135,8 @@ def _allocate(bids, ctr, quality, weights, reserve, rng, pricing: str) -> Auctio
     k = min(weights.size, n)
     if k == 1:
         winner = _top1(scores, rng)
-        if reserve > 0:
-            won = eligible[rows, winner]
-            w_rows, w_idx = rows[won], winner[won]
-        else:
-            won, w_rows, w_idx = slice(None), rows, winner
+        won = eligible[rows, winner]
+        w_rows, w_idx = rows[won], winner[won]
         slot[w_rows, w_idx] = 0
         clicks[w_rows, w_idx] = weights[0] * (1.0 if ctr is None else ctr[w_rows, w_idx])
         if pricing == "first":
@@ -141,31 +169,36 @@ def _allocate(bids, ctr, quality, weights, reserve, rng, pricing: str) -> Auctio
 
 
 def first_price(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
-                reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+                slots: int | None = None, reserve: float = 0.0,
+                rng: np.random.Generator | None = None) -> AuctionResult:
     """First price per click: rank by ``b*q``; each allocated bidder pays its own bid per click.
 
     With several slot weights this is the generalized first-price auction (GFP).
     """
-    return _allocate(*_prepare(bids, ctr, quality, slot_weights), reserve, rng, "first")
+    return _allocate(*_prepare(bids, ctr, quality, slot_weights, slots, reserve), reserve, rng,
+                     "first")
 
 
 def second_price(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
-                 reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+                 slots: int | None = None, reserve: float = 0.0,
+                 rng: np.random.Generator | None = None) -> AuctionResult:
     """Second price per click, one slot: the winner pays ``max(r, best other score / own quality)``.
 
     For several slots use `gsp` (which equals this rule when there is one slot).
     """
-    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights)
+    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights, slots, reserve)
     if weights.size != 1:
         raise ValueError("second_price sells one slot; for several slot weights use 'gsp'")
     return _allocate(bids, ctr, quality, weights, reserve, rng, "second")
 
 
 def gsp(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
-        reserve: float = 0.0, rng: np.random.Generator | None = None) -> AuctionResult:
+        slots: int | None = None, reserve: float = 0.0,
+        rng: np.random.Generator | None = None) -> AuctionResult:
     """Generalized second price: slot k goes to the k-th score ``b*q``; its holder pays per click
     the next score divided by its own quality, ``max(r, s_(k+1) / q_i)``."""
-    return _allocate(*_prepare(bids, ctr, quality, slot_weights), reserve, rng, "second")
+    return _allocate(*_prepare(bids, ctr, quality, slot_weights, slots, reserve), reserve, rng,
+                     "second")
 
 
 Mechanism = Callable[..., AuctionResult]
@@ -193,47 +226,57 @@ def make_mechanism(name: str) -> Mechanism:
 
 
 def counterfactual_outcomes(mechanism: str, bids, candidate_bids, *, ctr=None, quality=None,
-                            slot_weights: Sequence[float] = (1.0,), reserve: float = 0.0
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """Clicks and payments each bidder would get with each candidate bid, others' bids fixed.
+                            slot_weights: Sequence[float] = (1.0,), slots: int | None = None,
+                            reserve: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Expected clicks and payments each bidder would get with each candidate bid, others' bids fixed.
 
     `bids` is ``[A, n]``; `candidate_bids` is ``[A, n, G]`` (bidder i's G alternative bids in auction
-    a). Returns ``(clicks, payment)``, both ``[A, n, G]``: with score ``x = b' * q_ai`` the bidder
-    would rank ``r = #{j != i: s_aj > x}`` (ties count as won), get slot r when ``r < K`` and
-    ``b' >= reserve``, i.e. ``w_r * c_ai`` clicks, and pay per click ``b'`` (first price) or
-    ``max(reserve, s_(r) / q_ai)`` where ``s_(r)`` is the others' r-th highest score (0-based).
+    a). Returns ``(clicks, payment)``, both ``[A, n, G]``. A candidate ``b'`` participates when
+    ``b' > 0`` and ``b' >= reserve``; with score ``x = b' * q_ai``, ``h`` participating others scoring
+    above x and ``e`` others scoring exactly x, the mechanism's uniform tie break puts the bidder at
+    rank ``h + u`` with ``u`` uniform on ``0..e``. The result is the expectation over u (a k-way tie
+    for the last ``l`` slots wins each with probability l/k), so a tie is neither a sure win nor a
+    sure loss: rank r gives ``w_r * c_ai`` clicks (0 when ``r >= K``) at the price per click ``b'``
+    (first price), or ``max(reserve, s_(r) / q_ai)`` (second price, GSP) with ``s_(r)`` the others'
+    r-th highest score (0-based), which is ``x`` itself while a tied bidder ranks below.
+    With no Generator the mechanisms break ties by bidder index instead, which this does not follow.
     """
     if mechanism not in _PRICING:
         raise ValueError(f"no counterfactual rule for mechanism {mechanism!r}; known: "
                          f"{', '.join(sorted(_PRICING))}")
     pricing = _PRICING[mechanism]
-    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights)
+    bids, ctr, quality, weights = _prepare(bids, ctr, quality, slot_weights, slots, reserve)
     ctr = np.ones_like(bids) if ctr is None else ctr
     quality = ctr if quality is None else quality
     candidate_bids = np.asarray(candidate_bids, dtype=float)
+    _check("candidate_bids", candidate_bids, False, "give 0 for a candidate that does not bid")
     num_auctions, n = bids.shape
-    scores = np.where(bids >= reserve, bids * quality, -1.0)
+    scores = np.where((bids >= reserve) & (bids > 0), bids * quality, -1.0)
     x = candidate_bids * quality[:, :, None]                                 # [A, n, G]
-    # r = number of OTHER bidders with a strictly higher score than x.
-    higher = (scores[:, None, None, :] > x[:, :, :, None]).sum(axis=-1)      # [A, n, G]
-    own_higher = scores[:, :, None] > x
-    rank = higher - own_higher
+    # h, e: OTHER participating bidders scoring above / exactly x (own entry subtracted).
+    higher = ((scores[:, None, None, :] > x[:, :, :, None]).sum(axis=-1)
+              - (scores[:, :, None] > x))
+    tied = ((scores[:, None, None, :] == x[:, :, :, None]).sum(axis=-1)
+            - (scores[:, :, None] == x))
+    participates = (candidate_bids > 0) & (candidate_bids >= reserve)
     k = min(weights.size, n)
-    allocated = (rank < k) & (candidate_bids >= reserve)
-    slot_weight = np.where(allocated, weights[np.minimum(rank, k - 1)], 0.0)
-    clicks = slot_weight * ctr[:, :, None]
+    w = np.zeros(n + 1)
+    w[:k] = weights[:k]
+    cum = np.concatenate([[0.0], np.cumsum(w)])          # cum[r] = w_0 + ... + w_(r-1)
+    share = np.where(participates, 1.0 / (tied + 1), 0.0)
+    clicks = (cum[higher + tied + 1] - cum[higher]) * share * ctr[:, :, None]
     if pricing == "first":
-        price = candidate_bids
-    else:
-        # Others' scores in descending order, per bidder: drop own entry from the sorted list.
-        order = np.argsort(-scores, axis=1, kind="stable")
-        sorted_scores = np.take_along_axis(scores, order, axis=1)
-        padded = np.concatenate([np.maximum(sorted_scores, 0.0), np.zeros((num_auctions, 2))],
-                                axis=1)
-        position = np.empty_like(order)
-        np.put_along_axis(position, order, np.arange(n)[None, :].repeat(num_auctions, 0), axis=1)
-        index = rank + (rank >= position[:, :, None])                         # skip own entry
-        index = np.minimum(index, n + 1)
-        below = np.take_along_axis(padded[:, None, :].repeat(n, axis=1), index, axis=2)
-        price = np.maximum(below / quality[:, :, None], reserve)
-    return clicks, price * clicks
+        return clicks, candidate_bids * clicks
+    # Ranks h..h+e-1 have a tied bidder below and pay b'; rank h+e pays the next lower score.
+    order = np.argsort(-scores, axis=1, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    padded = np.concatenate([np.maximum(sorted_scores, 0.0), np.zeros((num_auctions, 2))], axis=1)
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(n)[None, :].repeat(num_auctions, 0), axis=1)
+    last = higher + tied
+    index = np.minimum(last + (last >= position[:, :, None]), n + 1)       # skip own entry
+    below = np.take_along_axis(padded[:, None, :].repeat(n, axis=1), index, axis=2)
+    last_price = np.maximum(below / quality[:, :, None], reserve)
+    tied_weight = cum[last] - cum[higher]
+    payment = (tied_weight * candidate_bids + w[last] * last_price) * share * ctr[:, :, None]
+    return clicks, payment

@@ -10,17 +10,22 @@ updated from the round's outcome. Policies, registered by name (see `make_policy
   tau) and, optionally, ``spend <= budget`` per round. Like an auto-bidder it starts at ``m = 1`` and
   paces the multiplier on the tightest constraint's relative slack
   ``e = min((V - tau*P) / max(V, tau*P), (B - P) / B)``. A round that won nothing says nothing
-  about the ROI, so it leaves the multiplier alone (``e = 0``, or the budget slack when there is a
-  budget): counting it as room to bid more (``e = 1``) makes a bidder that wins rarely, as in a
-  market with many bidders, raise its bid until it wins half the rounds, far past the ROI target.
+  about the ROI, so its slack is 0 (or the budget slack when there is a budget): counting it as
+  room to bid more (``e = 1``) makes a bidder that wins rarely, as in a market with many bidders,
+  raise its bid until it wins half the rounds, far past the ROI target. A bidder priced out
+  entirely would then never move, so a round without a win also probes: ``m *= 1 + probe``
+  (capped at ``max_multiplier``) when the counterfactual feedback shows a larger grid factor
+  winning value within the ROI target (and budget), which holds only below the bid that meets the
+  target; without counterfactual feedback, after ``patience`` idle rounds in a row.
   ``dual``: ``log m += lr * e`` (dual-gradient / multiplicative pacing);
-  ``pid``:  ``log m = log m0 + kp*e_t + ki*sum(e) + kd*(e_t - e_{t-1})``.
+  ``pid``:  ``log m = log m0 + kp*e_t + ki*sum(e) + kd*(e_t - e_{t-1})`` (a probe raises m0).
   Under first price per click ``V / P = 1 / m``, so the ROI constraint binds at ``m = 1/tau``: the
   optimal bid is ``v / tau`` (Thm 4.5).
 - ``utility_maximizer`` (UM): maximizes ``sum v*x - payment`` over shading factors on a grid ``g``.
   ``hedge``: follow-the-regularized-leader Hedge; each round it samples ``m`` from
-  ``p ∝ exp(eta_t * U_cum)`` with ``eta_t = lr * sqrt(ln G / t)`` and ``U_cum`` the cumulative
-  counterfactual utility of every grid factor normalized by the round's total value (full
+  ``p ∝ exp(eta_t * U_cum)`` with ``eta_t = lr * sqrt(ln G) * t^-eta_decay`` (default 1/2, the
+  anytime no-regret rate; 0 concentrates on the leader, see `UtilityMaximizer`) and ``U_cum`` the
+  cumulative counterfactual utility of every grid factor normalized by the round's total value (full
   information, computable on classic auctions); without counterfactual feedback it falls back to
   EXP3's importance-weighted estimate for the played factor.
   ``best_response``: plays the grid factor with the best discounted counterfactual utility
@@ -184,10 +189,17 @@ class ValueMaximizer(BiddingPolicy):
 
     def __init__(self, num, rng, grid, tau: float = 1.25, budget: float | None = None,
                  controller: str = "dual", lr: float = 0.3, kp: float = 0.1, ki: float = 0.2,
-                 kd: float = 0.0, initial_multiplier: float = 1.0, max_multiplier: float = 10.0):
+                 kd: float = 0.0, initial_multiplier: float = 1.0, max_multiplier: float = 10.0,
+                 probe: float = 0.05, patience: int = 10):
         super().__init__(num, rng, grid)
         if tau <= 0:
             raise ConfigError(f"value_maximizer: tau = {tau} must be > 0")
+        if probe < 0 or patience < 1:
+            raise ConfigError(f"value_maximizer: probe = {probe} must be >= 0 and patience = "
+                              f"{patience} >= 1")
+        if initial_multiplier <= 0:
+            raise ConfigError(f"value_maximizer: initial_multiplier = {initial_multiplier} must be "
+                              "> 0 (a multiplicative controller cannot leave 0)")
         if budget is not None and budget <= 0:
             raise ConfigError(f"value_maximizer: budget = {budget} must be > 0 (or None)")
         if controller not in ("dual", "pid"):
@@ -195,10 +207,12 @@ class ValueMaximizer(BiddingPolicy):
         self._tau, self._budget = float(tau), budget
         self.controller, self.lr, self.kp, self.ki, self.kd = controller, lr, kp, ki, kd
         self.max_multiplier = float(max_multiplier)
-        self.log_m0 = np.log(initial_multiplier)
+        self.probe, self.patience = float(probe), int(patience)
+        self.log_m0 = np.full(num, np.log(initial_multiplier))
         self.multiplier = np.full(num, float(initial_multiplier))
         self.integral = np.zeros(num)
         self.prev_error = np.zeros(num)
+        self.idle = np.zeros(num, dtype=np.int64)   # consecutive rounds without a win
 
     @property
     def tau(self):
@@ -218,12 +232,32 @@ class ValueMaximizer(BiddingPolicy):
                                               -1.0, 1.0))
         return error
 
+    def should_probe(self, feedback: RoundFeedback) -> np.ndarray:
+        """Whether a round without a win shows that a higher bid would have paid off.
+
+        A priced-out bidder sees no value and no spend, so its slack says nothing and it would
+        never move. With counterfactual feedback it rises when a larger grid factor would have won
+        value within the ROI target (and budget): true below the bid that meets the target, false
+        above it, so the ROI target still holds. Without it, only after `patience` idle rounds in a
+        row: waiting keeps the probe off a bidder that merely wins rarely, whose ROI it would bias.
+        """
+        idle = (feedback.value <= 0) & (feedback.spend <= 0)
+        self.idle = np.where(idle, self.idle + 1, 0)
+        if feedback.cf_value is None:
+            return self.idle >= self.patience
+        v, p = feedback.cf_value, feedback.cf_spend
+        feasible = ((self.grid[None, :] > self.multiplier[:, None]) & (v > 0)
+                    & (v >= self._tau * p) & (p <= self.budget[:, None]))
+        return idle & feasible.any(axis=1)
+
     def update(self, feedback):
         error = self.slack(feedback)
+        step = np.where(self.should_probe(feedback), np.log1p(self.probe), 0.0)
         if self.controller == "dual":
-            log_m = np.log(self.multiplier) + self.lr * error
+            log_m = np.log(self.multiplier) + self.lr * error + step
         else:
             self.integral += error
+            self.log_m0 = np.minimum(self.log_m0 + step, np.log(self.max_multiplier))
             log_m = (self.log_m0 + self.kp * error + self.ki * self.integral
                      + self.kd * (error - self.prev_error))
         self.prev_error = error
@@ -231,17 +265,27 @@ class ValueMaximizer(BiddingPolicy):
 
 
 class UtilityMaximizer(BiddingPolicy):
-    """Maximize value - payment by learning a shading factor on the grid (Hedge or best response)."""
+    """Maximize value - payment by learning a shading factor on the grid (Hedge or best response).
+
+    ``eta_decay`` sets Hedge's step ``eta_t = lr * sqrt(ln G) * t^-eta_decay``. The default 1/2
+    keeps the worst-case regret bound but leaves the play spread: with four bidders on first price
+    the mean shading stays 0.01-0.03 below (n-1)/n. Smaller values sharpen the weights faster and
+    converge to a pure factor in stationary games (half the gap at 0 after 150 rounds), without the
+    adversarial regret guarantee.
+    """
 
     type_name = "utility_maximizer"
 
     def __init__(self, num, rng, grid, learner: str = "hedge", lr: float = 30.0,
-                 gamma: float = 0.9):
+                 gamma: float = 0.9, eta_decay: float = 0.5):
         super().__init__(num, rng, grid)
         if learner not in ("hedge", "best_response"):
             raise ConfigError(f"utility_maximizer: learner = {learner!r}; use hedge or "
                               "best_response")
+        if not 0 <= eta_decay <= 1:
+            raise ConfigError(f"utility_maximizer: eta_decay = {eta_decay} must be in [0, 1]")
         self.learner, self.lr, self.gamma = learner, float(lr), float(gamma)
+        self.eta_decay = float(eta_decay)
         size = self.grid.size
         self.cum_utility = np.zeros((num, size))
         self.t = 0
@@ -250,7 +294,9 @@ class UtilityMaximizer(BiddingPolicy):
         self.multiplier = self.grid[self.choice].copy()
 
     def _eta(self) -> float:
-        return self.lr * np.sqrt(np.log(max(self.grid.size, 2)) / max(self.t, 1))
+        # t ** (2 * 0.5) is t exactly, so the default is the anytime rate lr * sqrt(ln G / t).
+        return self.lr * np.sqrt(np.log(max(self.grid.size, 2))
+                                 / max(self.t, 1) ** (2 * self.eta_decay))
 
     def start_round(self):
         if self.learner == "hedge" and self.t > 0:

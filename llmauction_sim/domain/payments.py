@@ -33,11 +33,28 @@ def rank_by_score(bids: Mapping[str, float], quality: Mapping[str, float]) -> li
     return sorted(bids, key=lambda i: (-float(bids[i]) * float(quality[i]), -float(bids[i]), i))
 
 
+def slot_weights_for(weights: Sequence[float], slots: int | None = None) -> np.ndarray:
+    """The position weights of `slots` slots (default: one per weight); the one slot-weight rule.
+
+    Slots beyond the list repeat its last weight, extra weights are ignored and an empty list means
+    weight 1 for every slot. Both the slot auction's payment rules here and the vectorized
+    mechanisms of `domain.auctions` take their weights from this function.
+    """
+    w = np.asarray(weights, dtype=float).ravel()
+    if slots is None:
+        slots = w.size
+    if slots < 0:
+        raise ValueError(f"slots = {slots} must be >= 0")
+    if not np.all(np.isfinite(w) & (w >= 0)):
+        raise ValueError(f"slot weights must be finite and >= 0, got {w.tolist()}")
+    if w.size == 0:
+        return np.ones(slots)
+    return w[np.minimum(np.arange(slots), w.size - 1)]
+
+
 def slot_weight(weights: Sequence[float], slot: int) -> float:
-    """Weight of 0-based `slot`; a short list repeats its last weight (empty list: 1)."""
-    if not weights:
-        return 1.0
-    return float(weights[min(slot, len(weights) - 1)])
+    """Weight of 0-based `slot` under `slot_weights_for`'s rule."""
+    return float(slot_weights_for(weights, slot + 1)[slot])
 
 
 def gsp_prices(bids: Mapping[str, float], quality: Mapping[str, float], slots: int
@@ -68,7 +85,7 @@ def vcg_slot_prices(bids: Mapping[str, float], quality: Mapping[str, float],
     expected clicks w_j x quality_j to give a price per click.
     """
     order = rank_by_score(bids, quality)
-    w = [slot_weight(slot_weights, j) for j in range(slots)] + [0.0]
+    w = [*slot_weights_for(slot_weights, slots).tolist(), 0.0]
     scores = [float(bids[i]) * float(quality[i]) for i in order] + [0.0] * (slots + 1)
     prices: dict[str, float] = {}
     for j, ad_id in enumerate(order[:slots]):
