@@ -7,7 +7,12 @@ import json
 import pytest
 
 from llmauction_sim.config import AdPromptConfig
-from llmauction_sim.lm.prompts import ad_llm_messages, format_bid, query_writer_messages
+from llmauction_sim.lm.prompts import (
+    ad_llm_messages,
+    ad_llm_slot_messages,
+    format_bid,
+    query_writer_messages,
+)
 
 
 def paper_messages(*args):
@@ -125,6 +130,19 @@ def test_compact_prompt_is_much_shorter_than_the_papers(candidates, bids, profil
     compact = ad_llm_messages(profile, QUERIES[1], candidates, bids)
     paper = paper_messages(profile, QUERIES[1], candidates, bids)
     assert len(compact[0]["content"]) * 3 < len(paper[0]["content"])
+
+
+def test_slot_prompt_lists_only_the_winners(candidates, bids, profile_factory) -> None:
+    profile = profile_factory("tea")
+    winners = candidates[1:3]
+    compact = ad_llm_slot_messages(profile, QUERIES[1], winners, bids)
+    # The compact style is the usual Ad-LLM prompt with the winners as its ad list.
+    assert compact == ad_llm_messages(profile, QUERIES[1], winners, bids)
+    paper = ad_llm_slot_messages(profile, QUERIES[1], winners, bids, AdPromptConfig(style="paper"))
+    assert "Products to insert: " in paper[1]["content"]
+    for ad in candidates:
+        assert (ad.id in compact[1]["content"]) == (ad in winners)
+        assert (ad.id in paper[1]["content"]) == (ad in winners)
 
 
 # --- query writer prompt -------------------------------------------------------------------------

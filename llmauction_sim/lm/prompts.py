@@ -212,11 +212,18 @@ AD_LLM_SLOT_SYSTEM = (
 )
 
 
-def ad_llm_slot_messages(profile: UserProfile, query: str, ads: Sequence[Ad]) -> Chat:
+def ad_llm_slot_messages(profile: UserProfile, query: str, ads: Sequence[Ad],
+                         bids: Mapping[str, float] | None = None,
+                         prompt: AdPromptConfig | None = None) -> Chat:
     """The `pregen_gsp` prompt: the auction has already picked `ads` (slot order); write them in.
 
-    With no ad (nothing won a slot) the prompt asks for a plain answer.
+    In the compact style the winners are the ad list of the usual Ad-LLM prompt (the one the warm
+    start learned to copy mentions from); the paper style has its own insertion rules. With no ad
+    (nothing won a slot) the prompt asks for a plain answer.
     """
+    prompt = prompt or AdPromptConfig()
+    if prompt.style != "paper":
+        return ad_llm_messages(profile, query, ads, bids or {ad.id: 0.0 for ad in ads}, prompt)
     listed = [{"id": ad.id, "title": ad.title} for ad in ads]
     user = (f"User profile: {profile.describe()}\n"
             f"Products to insert: {json.dumps(listed, ensure_ascii=False, separators=(',', ':'))}"

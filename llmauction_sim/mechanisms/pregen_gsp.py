@@ -3,8 +3,8 @@
 1. Score every candidate by bid x pCTR (pCTR: the click model's probability of the ad inside a
    templated sentence, `pctr.template_pctr`).
 2. The top `mechanisms.slots` ads win slots 1..k in score order.
-3. The Ad-LLM gets a variant prompt (`prompts.ad_llm_slot_messages`) listing exactly the winners
-   and writes an answer that should insert them.
+3. The Ad-LLM gets a prompt (`prompts.ad_llm_slot_messages`) listing exactly the winners (in the
+   compact style: the usual Ad-LLM prompt with the winners as its ad list) and writes them in.
 4. A click on a valid mention of a winner costs its slot price: GSP (next score / own pCTR),
    VCG (externality per expected click, with `mechanisms.slot_weights`) or first price (own bid).
    A mention of a candidate that did not win is a format error (NON_CANDIDATE) and never charged.
@@ -74,7 +74,7 @@ class PregenGSPMechanism:
 
     def __init__(self, lm: LanguageModel, click_model, sampling, penalty, catalog_ids,
                  slots: int = 2, slot_weights: Sequence[float] = (1.0, 0.7),
-                 payment: str = "gsp"):
+                 payment: str = "gsp", prompt=None):
         self.lm = lm
         self.click_model = click_model
         self.sampling = sampling
@@ -83,6 +83,7 @@ class PregenGSPMechanism:
         self.slots = slots
         self.slot_weights = tuple(slot_weights)
         self.payment = payment
+        self.prompt = prompt
 
     def auction(self, requests: Sequence[AuctionRequest]) -> list[tuple[SlotOutcome, dict]]:
         pctrs = template_pctr(self.click_model, requests)
@@ -98,7 +99,8 @@ class PregenGSPMechanism:
         for r, (outcome, _) in zip(requests, outcomes):
             by_id = {ad.id: ad for ad in r.candidates}
             prompts.append(ad_llm_slot_messages(r.profile, r.query,
-                                                [by_id[i] for i in outcome.winners]))
+                                                [by_id[i] for i in outcome.winners], r.bids,
+                                                self.prompt))
         params = [SamplingParams.from_config(self.sampling, seed=int(s))
                   for s in rng.integers(0, 2**63, len(requests))]
         outputs = self.lm.generate(prompts, params)
@@ -126,7 +128,7 @@ def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=N
                                    catalog=catalog)
     m = config.mechanisms
     return PregenGSPMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
-                              m.slots, m.slot_weights, m.gsp_payment)
+                              m.slots, m.slot_weights, m.gsp_payment, config.ad_prompt)
 
 
 register_mechanism("pregen_gsp", _pregen_gsp)
