@@ -320,7 +320,13 @@ def cmd_bid_sweep(args: argparse.Namespace) -> int:
     check_mechanism(args.mechanism)
     config = _resolve_config(args, [f"market.mechanism={args.mechanism}",
                                     *_checkpoint_opts(args)])
-    bids = [float(b) for b in args.bids.split(",")] if args.bids else None
+    bids = None
+    if args.bids is not None:
+        try:
+            bids = [float(b) for b in args.bids.split(",")]
+        except ValueError:
+            raise ConfigError(f"--bids {args.bids}: give comma-separated numbers, e.g. "
+                              "--bids 1,10,50,100") from None
     summary = bid_sweep(config, args.mechanism, args.mode, args.out,
                         test_queries=args.test_queries, repeats=args.repeats, bids=bids,
                         data=args.data)
@@ -359,13 +365,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_equilibrium(args: argparse.Namespace) -> int:
-    from llmauction_sim.equilibrium import CLASSIC, cli_main
+    from llmauction_sim.equilibrium import CLASSIC, config_from_cli
+    from llmauction_sim.equilibrium import format_summary as classic_summary
 
     if (args.mechanism or "first_price") in CLASSIC:
+        from llmauction_sim.sweep import run_classic_equilibrium
+
         if args.checkpoint is not None:
             raise ConfigError("--checkpoint applies to LLM-market mechanisms (llm_auction), not "
                               f"to the classic {args.mechanism}")
-        return cli_main(args)
+        config = config_from_cli(mechanism=args.mechanism, advertisers=args.advertisers,
+                                 rounds=args.rounds, auctions_per_round=args.auctions_per_round,
+                                 seed=args.seed, config_file=args.config,
+                                 overrides=args.overrides)
+        result = run_classic_equilibrium(config, args.out, resume=args.resume)
+        print(classic_summary(result.summary))
+        print(f"wrote {args.out}/rounds.parquet, market.parquet, summary.json, config.json")
+        return 0
     from llmauction_sim.market.equilibrium import (
         format_summary,
         market_config,
@@ -608,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="auctions per round (default 1000)")
     equilibrium.add_argument("--out", type=Path, required=True, help="output folder")
     equilibrium.add_argument("--resume", action="store_true",
-                             help="market mechanisms: continue the interrupted run in --out")
+                             help="continue the interrupted (or extend the finished) run in "
+                             "--out")
     equilibrium.add_argument("--quiet", action="store_true", help="no progress bars")
     _checkpoint_arg(equilibrium)
     _config_args(equilibrium)
@@ -658,6 +675,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, FileExistsError, ValueError, ModelNotFoundError) as exc:
         print(f"llmauction: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions, a path that is a file ...
+        logging.debug("file-system error", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"llmauction: error: {exc.strerror or exc}{where}; check that path (free space, "
+              "permissions) and rerun; --resume continues an interrupted run", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("llmauction: error: out of memory; use smaller settings (fewer advertisers, "
+              "auctions, queries or a smaller batch)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("llmauction: interrupted; rerun the same command to resume", file=sys.stderr)

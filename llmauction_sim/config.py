@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -115,6 +116,13 @@ def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config field '{name}'.{hint} Known fields here: {', '.join(known)}")
 
 
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{where} = nan is not a number; give a finite value")
+    if isinstance(value, float) and value in (math.inf, -math.inf):
+        raise ConfigError(f"{where} = {value} is not finite; give a finite value")
+
+
 class ConfigBase:
     """Mixin for config dataclasses: validation on construction, dict/TOML round trip, overrides."""
 
@@ -135,13 +143,15 @@ class ConfigBase:
             value = _coerce(value, hints[f.name], where)
             object.__setattr__(self, f.name, value)
             meta = f.metadata
+            if isinstance(value, list):
+                for item in value:
+                    _check_finite(item, where)
             if value is None or isinstance(value, (list, str, bool)) and not meta.get("choices"):
                 continue
             if meta.get("choices") and value not in meta["choices"]:
                 raise ConfigError(f"{where} = {value!r} is not allowed; choose one of "
                                   f"{list(meta['choices'])}")
-            if isinstance(value, float) and value != value:
-                raise ConfigError(f"{where} = nan is not a number; give a finite value")
+            _check_finite(value, where)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 lo, hi = meta.get("min"), meta.get("max")
                 if lo is not None and (value <= lo if meta.get("exclusive_min") else value < lo):

@@ -28,6 +28,7 @@ from llmauction_sim.lm.query_writer import (
     topics_for,
 )
 from llmauction_sim.manifest import environment, write_json
+from llmauction_sim.runfolder import open_run_folder, temp_path
 
 PROFILES_PER_PART = 128
 
@@ -93,6 +94,13 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
                   ) -> BuildResult:
     """Write OUT/profiles.parquet and OUT/queries.parquet (and OUT/manifest.json)."""
     out = Path(out)
+    with open_run_folder(out, "data") as folder:
+        result = _build(config, out, progress, lm, folder)
+        folder.finished()
+    return result
+
+
+def _build(config: RunConfig, out: Path, progress: bool, lm, folder) -> BuildResult:
     start = time.time()
     settings = _build_settings(config)
     manifest_path = out / "manifest.json"
@@ -110,6 +118,7 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
         raise ValueError(f"{parts} holds a partial build with other settings; delete that folder "
                          "or use another --out")
     write_json(settings_file, part_settings)
+    folder.started(settings)
 
     data = config.data
     catalog = load_catalog(data.catalog)
@@ -135,7 +144,7 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
         if not part.is_file():
             rows, rej = write_queries_for(writer, chunk, first, data.queries_per_profile,
                                           data.max_attempts)
-            tmp = part.with_suffix(".tmp")
+            tmp = temp_path(part)
             pd.DataFrame(rows, columns=["user_id", "topic", "query"]).to_parquet(tmp)
             os.replace(tmp, part)
             (parts / f"rejected-{first:06d}.json").write_text(json.dumps(rej))
@@ -167,16 +176,48 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = temp_path(path)
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
+QUERY_COLUMNS = ("query_id", "user_id", "split", "query")
+PROFILE_COLUMNS = ("user_id", "age_band", "occupation", "region", "budget_sensitivity",
+                   "interests")
+
+
 def load_dataset(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(profiles, queries) from a `data build` folder, with a clear error if it is not one."""
+    """(profiles, queries) from a `data build` folder, with a one-line error naming the file and
+    the fix if it is not one (missing files or columns, wrongly typed interests or splits)."""
     folder = Path(folder)
     missing = [n for n in ("profiles.parquet", "queries.parquet") if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a data folder (missing {', '.join(missing)}); "
                                 f"create one with `llmauction data build --out {folder}`")
-    return pd.read_parquet(folder / "profiles.parquet"), pd.read_parquet(folder / "queries.parquet")
+    fix = f"rebuild it with `llmauction data build --out {folder}`"
+    frames = {}
+    for name, columns in (("profiles.parquet", PROFILE_COLUMNS),
+                          ("queries.parquet", QUERY_COLUMNS)):
+        path = folder / name
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{path} is not a readable Parquet table ({reason}); {fix}") \
+                from None
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise ValueError(f"{path} lacks the column(s) {', '.join(absent)} (a data folder's "
+                             f"{name} has {', '.join(columns)}); {fix}")
+        frames[name] = frame
+    profiles, queries = frames["profiles.parquet"], frames["queries.parquet"]
+    for i, value in enumerate(profiles["interests"]):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") \
+                or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"{folder / 'profiles.parquet'}: 'interests' must hold lists of "
+                             f"strings, but row {i} holds {value!r}; {fix}")
+    splits = set(queries["split"].unique()) - {"train", "test"}
+    if splits:
+        raise ValueError(f"{folder / 'queries.parquet'}: 'split' must be train or test, not "
+                         f"{sorted(map(str, splits))}; {fix}")
+    return profiles, queries

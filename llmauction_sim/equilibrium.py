@@ -7,7 +7,10 @@ each advertiser its outcome plus the counterfactual value and spend of every sha
 value, spend, clicks, utility, ROI, ROI violation, budget use and cumulative regret against the best
 fixed shading factor in hindsight; and per round the market's revenue, welfare, liquid welfare and a
 convergence diagnostic. `run_equilibrium` returns these tables and, given `out`, writes
-OUT/rounds.parquet, OUT/market.parquet, OUT/config.json and OUT/summary.json.
+OUT/rounds.parquet, OUT/market.parquet, OUT/config.json and OUT/summary.json (atomically), and
+checkpoints the whole loop (bidders, random generator, running totals) to OUT/.state/loop.pkl
+every `checkpoint_every` rounds, so `resume=True` continues an interrupted run exactly: the result
+equals the uninterrupted run's.
 
 Regret (per advertiser, cumulative after t rounds, in value units):
 - utility maximizers, truthful and fixed bidders: ``max_g sum_t U_t(g) - sum_t U_t(played)`` with
@@ -22,6 +25,8 @@ advertisers without those constraints).
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from llmauction_sim.domain.bidding import (
     default_grid,
     parse_population,
 )
+from llmauction_sim.manifest import write_json
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,17 @@ def run_equilibrium(mechanism: str = "first_price",
                     rounds: int = 300, auctions_per_round: int = 1000, seed: int = 0, *,
                     values: ValueConfig | None = None, slot_weights=(1.0,), reserve: float = 0.0,
                     ctr_range: tuple[float, float] = (1.0, 1.0), grid: np.ndarray | None = None,
-                    out: str | Path | None = None) -> EquilibriumResult:
+                    out: str | Path | None = None, resume: bool = False,
+                    checkpoint_every: int | None = None) -> EquilibriumResult:
     """Run the bidders' learning dynamics on a classic mechanism; see the module docstring."""
     check_classic_mechanism(mechanism)
+    settings = json.dumps({"mechanism": mechanism, "population": str(population), "seed": seed,
+                           "auctions": auctions_per_round, "values": repr(values),
+                           "slot_weights": list(map(float, slot_weights)),
+                           "reserve": float(reserve), "ctr_range": list(ctr_range),
+                           "grid": None if grid is None else np.asarray(grid).tolist()})
+    checkpoint = None if out is None else Path(out) / ".state" / "loop.pkl"
+    every = checkpoint_every or max(1, rounds // 20)
     mech = make_mechanism(mechanism)
     entries = (population if population and isinstance(population, list)
                and isinstance(population[0], PopulationEntry) else parse_population(population))
@@ -119,7 +133,29 @@ def run_equilibrium(mechanism: str = "first_price",
     rows: dict[str, list] = {k: [] for k in ("multiplier", "bid", "value", "spend", "clicks",
                                              "regret")}
     market = {k: [] for k in ("revenue", "welfare", "liquid_welfare")}
-    for t in range(rounds):
+    start = 0
+    if resume and checkpoint is not None and checkpoint.is_file():
+        saved = pickle.loads(checkpoint.read_bytes())  # the run's own state, written below
+        if saved["settings"] != settings:
+            raise ConfigError(f"{out} holds an equilibrium run with other settings; resume it "
+                              "with its own config, or give another --out")
+        if saved["t"] > rounds:
+            raise ConfigError(f"{out} has {saved['t']} finished rounds; resuming with rounds = "
+                              f"{rounds} would drop some: pass rounds >= {saved['t']}")
+        (start, rng, bidders, sampler, cum_cf_v, cum_cf_p, cum_v, cum_p, rows,
+         market) = (saved[k] for k in ("t", "rng", "bidders", "sampler", "cum_cf_v", "cum_cf_p",
+                                       "cum_v", "cum_p", "rows", "market"))
+
+    def save(t: int) -> None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint.with_name(f".{checkpoint.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps({
+            "settings": settings, "t": t, "rng": rng, "bidders": bidders, "sampler": sampler,
+            "cum_cf_v": cum_cf_v, "cum_cf_p": cum_cf_p, "cum_v": cum_v, "cum_p": cum_p,
+            "rows": rows, "market": market}))
+        os.replace(tmp, checkpoint)
+
+    for t in range(start, rounds):
         mult = bidders.start_round().copy()
         vals = np.asarray(sampler.draw(num_a))
         ctr = None if lo == hi == 1.0 else rng.uniform(lo, hi, size=(num_a, n))
@@ -146,6 +182,8 @@ def run_equilibrium(mechanism: str = "first_price",
         market["revenue"].append(spend.sum())
         market["welfare"].append(value.sum())
         market["liquid_welfare"].append(np.minimum(budget, value / tau).sum())
+        if checkpoint is not None and ((t + 1) % every == 0 or t + 1 == rounds):
+            save(t + 1)
 
     table = {k: np.asarray(v) for k, v in rows.items()}           # each [rounds, n]
     utility = table["value"] - table["spend"]
@@ -204,25 +242,39 @@ def run_equilibrium(mechanism: str = "first_price",
         "units": "revenue, welfare, utility, value_won, spend and regret are per auction; "
                  "regret_total is cumulative over the run"}
     if out is not None:
+        from llmauction_sim.runfolder import atomic_parquet
+
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        rounds_df.to_parquet(out / "rounds.parquet", index=False)
-        market_df.to_parquet(out / "market.parquet", index=False)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_parquet(rounds_df, out / "rounds.parquet")
+        atomic_parquet(market_df, out / "market.parquet")
+        write_json(out / "summary.json", summary)
     return EquilibriumResult(rounds_df, market_df, summary)
 
 
-def run_from_config(config: EquilibriumConfig, out: str | Path | None = None) -> EquilibriumResult:
-    """`run_equilibrium` with every setting from an `EquilibriumConfig`; also writes config.json."""
+def run_from_config(config: EquilibriumConfig, out: str | Path | None = None, *,
+                    resume: bool = False) -> EquilibriumResult:
+    """`run_equilibrium` with every setting from an `EquilibriumConfig`; also writes config.json.
+
+    Without `resume`, a folder that already holds a run is refused rather than overwritten; with
+    it, the run continues from its last checkpoint with its own config (`rounds` may only grow).
+    """
     check_classic_mechanism(config.mechanism)
-    result = run_equilibrium(
+    if out is not None:
+        saved = Path(out) / "config.json"
+        if saved.is_file() and not resume:
+            raise ConfigError(f"{out} already holds an equilibrium run; pass --resume to continue "
+                              "it or give another --out")
+        if resume and saved.is_file():
+            old = EquilibriumConfig.from_dict(json.loads(saved.read_text()))
+            if old.replace(rounds=config.rounds) != config:
+                raise ConfigError(f"{out} holds an equilibrium run with another config (only "
+                                  "--rounds may change on --resume); give another --out")
+        write_json(saved, config.to_dict())
+    return run_equilibrium(
         config.mechanism, config.advertisers, config.rounds, config.auctions_per_round,
         config.seed, values=config.values, slot_weights=config.slot_weights,
         reserve=config.reserve, ctr_range=(config.ctr_low, config.ctr_high),
-        grid=default_grid(config.grid_points, config.grid_max), out=out)
-    if out is not None:
-        (Path(out) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    return result
+        grid=default_grid(config.grid_points, config.grid_max), out=out, resume=resume)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -270,7 +322,7 @@ def cli_main(args) -> int:
     config = config_from_cli(mechanism=args.mechanism, advertisers=args.advertisers,
                              rounds=args.rounds, auctions_per_round=args.auctions_per_round,
                              seed=args.seed, config_file=args.config, overrides=args.overrides)
-    result = run_from_config(config, args.out)
+    result = run_from_config(config, args.out, resume=getattr(args, "resume", False))
     print(format_summary(result.summary))
     print(f"wrote {args.out}/rounds.parquet, market.parquet, summary.json, config.json")
     return 0

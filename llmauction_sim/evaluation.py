@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.runfolder import atomic_parquet, open_run_folder, temp_path
 from llmauction_sim.tables import write_query_log
 
 # Independent seed streams (mixed with config.seed).
@@ -120,14 +122,22 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
              data=None, *, ad_lm=None, judge=None, mechanism=None, retriever=None) -> dict:
     """Allocate, judge clicks and charge on the test auctions; write OUT/summary.json and
     OUT/queries.parquet; return the summary."""
+    out = Path(out)
+    with open_run_folder(out, "evaluate", inputs={"data": data}) as folder:
+        return _evaluate(folder, config, mechanism_name, test_queries, out, data, ad_lm=ad_lm,
+                         judge=judge, mechanism=mechanism, retriever=retriever)
+
+
+def _evaluate(folder, config, mechanism_name, test_queries, out, data, *, ad_lm, judge,
+              mechanism, retriever) -> dict:
     from llmauction_sim.manifest import write_json
     from llmauction_sim.market.run import summarize
     from llmauction_sim.mechanisms import make_mechanism
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     requests, catalog, retriever = test_auctions(config, test_queries, out, data,
                                                  retriever=retriever)
+    folder.input("data", data if data is not None else out / "data")
+    folder.started(config)
     resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
     if mechanism is None:
         mechanism = make_mechanism(mechanism_name, config, **resources)
@@ -139,6 +149,7 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
                "seconds_per_query": seconds / len(requests)}
     write_json(out / "summary.json", summary)
     write_json(out / "config.json", config.to_dict())
+    folder.finished()
     return summary
 
 
@@ -147,19 +158,29 @@ def evaluate_many(config: RunConfig, names: list[str], test_queries: int, out: s
     """`evaluate` each mechanism on the same test auctions (OUT/<name>/), then the paired
     comparison (comparison.py) in OUT/comparison.{md,csv,json} and OUT/paired.csv; returns the
     per-mechanism table."""
-    from llmauction_sim.comparison import write_comparison
-    from llmauction_sim.tables import read_query_log
-
     if len(set(names)) != len(names):
         raise ValueError(f"--mechanism lists a mechanism twice: {names}")
     out = Path(out)
+    with open_run_folder(out, "evaluate", inputs={"data": data}) as folder:
+        table = _evaluate_many(config, names, test_queries, out, data, judge, retriever,
+                               progress, folder)
+        folder.finished()
+    return table
+
+
+def _evaluate_many(config, names, test_queries, out, data, judge, retriever, progress, folder):
+    from llmauction_sim.comparison import write_comparison
+    from llmauction_sim.tables import read_query_log
+
     requests, catalog, retriever = test_auctions(config, test_queries, out, data,
                                                  retriever=retriever)
+    folder.input("data", data if data is not None else out / "data")
+    folder.started(config)
     _, judge = _resources(config, catalog, retriever, None, judge)
     logs, generations = {}, {}
     for name in names:
         cfg = config.with_overrides([f"market.mechanism={name}"])
-        summary = _finished_evaluation(cfg, out / name, len(requests))
+        summary = _finished_evaluation(cfg, out / name, name, len(requests))
         if summary is None:
             if progress:
                 progress(f"evaluating {name} on {len(requests)} test auctions")
@@ -173,19 +194,25 @@ def evaluate_many(config: RunConfig, names: list[str], test_queries: int, out: s
     return table
 
 
-def _finished_evaluation(config: RunConfig, folder: Path, auctions: int) -> dict | None:
-    """The summary of an `evaluate` already run in `folder` with the same settings on as many
-    auctions (a rerun comparison only evaluates what is missing), else None."""
+def _finished_evaluation(config: RunConfig, folder: Path, name: str,
+                         auctions: int) -> dict | None:
+    """The summary of an `evaluate` of mechanism `name` already run in `folder` with the same
+    settings on as many auctions (a rerun comparison only evaluates what is missing), else None.
+    `market.mechanism` is not compared: the evaluated mechanism is `name`, recorded in the
+    summary, whatever the market's default was."""
     from llmauction_sim.tables import read_query_log
+
+    def settings(cfg: dict) -> dict:
+        return {**cfg, "market": {**cfg.get("market", {}), "mechanism": None}}
 
     try:
         summary = json.loads((folder / "summary.json").read_text())
-        same = json.loads((folder / "config.json").read_text()) == json.loads(
-            json.dumps(config.to_dict()))
+        same = settings(json.loads((folder / "config.json").read_text())) == settings(
+            json.loads(json.dumps(config.to_dict())))
         rows = len(read_query_log(folder / "queries.parquet"))
     except (OSError, ValueError):
         return None
-    return summary if same and rows == auctions else None
+    return summary if same and summary.get("mechanism") == name and rows == auctions else None
 
 
 def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path, *,
@@ -194,16 +221,35 @@ def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path
     """The paper's monotonicity (one ad per sample, bids 1, 10, ..., 100) or continuity (one
     query and ad, every bid 1..100) experiment; writes OUT/curve.parquet, OUT/samples.parquet,
     OUT/curve.png and OUT/summary.json."""
+    if mode not in ("monotonicity", "continuity"):
+        raise ValueError(f"--mode {mode!r}: use monotonicity or continuity")
+    if repeats < 1:
+        raise ValueError(f"--repeats = {repeats} must be >= 1")
+    if test_queries < 1:
+        raise ValueError(f"--test-queries = {test_queries} must be >= 1")
+    if bids is not None:
+        bad = [b for b in bids if not (math.isfinite(float(b)) and float(b) >= 0)]
+        if bad or not len(bids):
+            raise ValueError(f"--bids {','.join(map(str, bids))}: give finite bids >= 0, e.g. "
+                             "--bids 1,10,50,100")
+    out = Path(out)
+    with open_run_folder(out, "bid-sweep", inputs={"data": data}) as folder:
+        summary = _bid_sweep(folder, config, mechanism_name, mode, out, test_queries, repeats,
+                             bids, data, ad_lm, judge, mechanism, retriever)
+        folder.finished()
+    return summary
+
+
+def _bid_sweep(folder, config, mechanism_name, mode, out, test_queries, repeats, bids, data,
+               ad_lm, judge, mechanism, retriever) -> dict:
     from llmauction_sim.analysis import curve, monotonicity_stats, sweep
     from llmauction_sim.manifest import write_json
     from llmauction_sim.mechanisms import make_mechanism
 
-    if mode not in ("monotonicity", "continuity"):
-        raise ValueError(f"--mode {mode!r}: use monotonicity or continuity")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     n = test_queries if mode == "monotonicity" else 1
     requests, catalog, retriever = test_auctions(config, n, out, data, retriever=retriever)
+    folder.input("data", data if data is not None else out / "data")
+    folder.started(config)
     if bids is None:
         bids = [1, *range(10, 101, 10)] if mode == "monotonicity" else list(range(1, 101))
     resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
@@ -222,8 +268,8 @@ def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path
                     np.random.default_rng([config.seed, _ALLOCATE]))
     seconds = time.perf_counter() - start
     curves = curve(samples)
-    samples.to_parquet(out / "samples.parquet", index=False)
-    curves.to_parquet(out / "curve.parquet", index=False)
+    atomic_parquet(samples, out / "samples.parquet")
+    atomic_parquet(curves, out / "curve.parquet")
     summary = {"mechanism": mechanism_name, "mode": mode, "seed": config.seed,
                "bids": [float(b) for b in bids], "repeats": repeats,
                "answers": len(samples), "seconds": seconds,
@@ -250,4 +296,6 @@ def plot_curves(curves: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("bid of the focal ad")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    tmp = temp_path(path, ".png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)

@@ -17,17 +17,28 @@ A sweep file (TOML)::
     # [[runs]]
     # "market.mechanism" = "mosaic"
 
-Each run writes DIR/runs/<run_id>/ (its own run folder with summary.json). DIR/summary.parquet has
-one row per run: run_id, seed, the overrides, status ("ok" or "failed" with the error) and the
-run's summary.json scalars. A failed run is recorded and does not stop the others; re-running a
-sweep skips runs that have a summary.json.
+Each run writes DIR/runs/<run_id>/ (its own run folder with summary.json). The run id is
+``seed<S>-<hash>``, the hash of the run's kind, base, overrides and seed, so a reordered or edited
+grid never reports an old result under new settings. DIR/summary.parquet has one row per run, in
+the sweep file's order: run_id, seed, the overrides, status ("ok" or "failed" with the error) and
+the run's summary.json scalars. A failed run is recorded and does not stop the others; re-running
+a sweep skips runs that finished and resumes a market run that was cut off.
+
+The process executor starts its workers in process groups of their own and ends them when the
+sweep ends, fails or is stopped (SIGINT, SIGTERM, SIGHUP); on Linux a worker also dies with the
+sweep process if that is killed outright (SIGKILL).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import json
 import os
+import signal
+import sys
+import threading
 import tomllib
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,6 +52,7 @@ import pandas as pd
 
 from llmauction_sim.config import ConfigError
 from llmauction_sim.manifest import write_json
+from llmauction_sim.runfolder import atomic_parquet, open_run_folder
 
 KINDS = ("simulate", "equilibrium")
 EXECUTORS = ("local", "process", "ray")
@@ -70,6 +82,14 @@ def _override_value(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
+
+
+def run_key(kind: str, base: dict, overrides: Sequence[str], seed: int) -> str:
+    """A run's folder name from what it runs (not its position in the grid)."""
+    fields = dict(sorted(o.split("=", 1) for o in overrides))
+    text = json.dumps({"kind": kind, "base": base, "overrides": fields, "seed": seed},
+                      sort_keys=True, default=str)
+    return f"seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -103,11 +123,15 @@ def load_sweep(path: str | Path) -> Sweep:
         keys = list(grid)
         variants = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
     runs = []
-    for i, variant in enumerate(variants):
+    base = data.get("base", {})
+    for variant in variants:
         overrides = tuple(f"{k}={_override_value(v)}" for k, v in variant.items())
         for seed in seeds:
-            runs.append(RunSpec(f"r{i:03d}-seed{seed}", kind, data.get("base", {}), overrides,
+            runs.append(RunSpec(run_key(kind, base, overrides, seed), kind, base, overrides,
                                 seed))
+    if len({r.run_id for r in runs}) < len(runs):
+        raise ConfigError("sweep file: two runs have the same settings and seed; list each "
+                          "combination once")
     return Sweep(kind, runs, int(data.get("max_workers", 2)), dict(data.get("ray", {})))
 
 
@@ -116,13 +140,24 @@ def _summary_scalars(summary: dict) -> dict:
             or v is None}
 
 
+def _finished(folder: Path) -> bool:
+    if not (folder / "summary.json").is_file():
+        return False
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except FileNotFoundError:
+        return True  # a run folder from before run.json
+    except (OSError, ValueError):
+        return False
+    return record.get("state") == "finished"
+
+
 def execute_run(spec: RunSpec, root: str) -> dict:
-    """Run one sweep entry (skipped when its summary exists); never raises."""
+    """Run one sweep entry (skipped when it finished); never raises."""
     folder = Path(root) / "runs" / spec.run_id
     row = {"run_id": spec.run_id, "seed": spec.seed, "overrides": json.dumps(spec.overrides)}
-    done = folder / "summary.json"
     try:
-        if not done.is_file():
+        if not _finished(folder):
             overrides = [*spec.overrides, f"seed={spec.seed}"]
             if spec.kind == "simulate":
                 from llmauction_sim.config import RunConfig
@@ -132,17 +167,37 @@ def execute_run(spec: RunSpec, root: str) -> dict:
                 simulate(config, folder, resume=(folder / "config.json").is_file(),
                          progress=False)
             else:
-                from llmauction_sim.equilibrium import EquilibriumConfig, run_from_config
+                from llmauction_sim.equilibrium import EquilibriumConfig
 
-                run_from_config(EquilibriumConfig.from_dict(spec.base).with_overrides(overrides),
-                                out=folder)
+                config = EquilibriumConfig.from_dict(spec.base).with_overrides(overrides)
+                run_classic_equilibrium(config, folder,
+                                        resume=(folder / "config.json").is_file())
         (folder / "error.txt").unlink(missing_ok=True)
         return {**row, "status": "ok", "error": None,
-                **_summary_scalars(json.loads(done.read_text()))}
+                **_summary_scalars(json.loads((folder / "summary.json").read_text()))}
     except Exception as exc:  # one failed run must not lose the others
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "error.txt").write_text(traceback.format_exc())
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run_classic_equilibrium(config, out: str | Path, resume: bool = False):
+    """`run_from_config` into a checked, locked run folder, after a memory estimate."""
+    from llmauction_sim.domain.bidding import parse_population
+    from llmauction_sim.equilibrium import run_from_config
+    from llmauction_sim.runfolder import check_memory, classic_equilibrium_bytes
+
+    n = sum(e.num_copies for e in parse_population(config.advertisers))
+    check_memory(classic_equilibrium_bytes(n, config.auctions_per_round, config.grid_points),
+                 f"the classic equilibrium with {n:,} advertisers x {config.auctions_per_round:,} "
+                 f"auctions per round x {config.grid_points} grid points",
+                 "use fewer advertisers, auctions per round (--auctions-per-round) or "
+                 "grid_points")
+    with open_run_folder(out, "equilibrium", resume=resume) as folder:
+        folder.started(config)
+        result = run_from_config(config, out=out, resume=resume)
+        folder.finished()
+    return result
 
 
 def _one_thread() -> None:
@@ -155,14 +210,47 @@ def _one_thread() -> None:
         pass
 
 
+def _worker_start(parent: int) -> None:
+    """A process-executor worker: its own process group (ended as a whole with the sweep) and,
+    on Linux, killed by the kernel when the sweep process dies, even by SIGKILL."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the sweep died before the line above
+        os._exit(1)
+    _one_thread()
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _run_local(sweep: Sweep, root: str) -> list[dict]:
     return [execute_run(spec, root) for spec in sweep.runs]
 
 
 def _run_process(sweep: Sweep, root: str) -> list[dict]:
-    with ProcessPoolExecutor(max_workers=sweep.max_workers, mp_context=get_context("spawn"),
-                             initializer=_one_thread) as pool:
-        return list(pool.map(execute_run, sweep.runs, [root] * len(sweep.runs)))
+    pool = ProcessPoolExecutor(max_workers=sweep.max_workers, mp_context=get_context("spawn"),
+                               initializer=_worker_start, initargs=(os.getpid(),))
+    ended = False
+    try:
+        futures = [pool.submit(execute_run, spec, root) for spec in sweep.runs]
+        rows = [f.result() for f in futures]
+        ended = True
+        return rows
+    finally:
+        if not ended:  # stopped or failed: no worker may go on writing beside a rerun
+            _end_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(sweep: Sweep, root: str) -> list[dict]:
@@ -194,15 +282,35 @@ def run_sweep(path: str | Path, out: str | Path, executor: str = "process") -> p
         raise ConfigError(f"executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     sweep = load_sweep(path)
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {"file": str(path), "kind": sweep.kind,
-                                    "runs": [spec.run_id for spec in sweep.runs]})
-    rows = _EXECUTORS[executor](sweep, str(out))
-    table = pd.DataFrame(rows).sort_values("run_id", ignore_index=True)
-    tmp = out / ".summary.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "summary.parquet")
+    with open_run_folder(out, "sweep") as folder, _stop_signals_raise():
+        folder.started({"file": str(path), "runs": [spec.run_id for spec in sweep.runs]})
+        write_json(out / "sweep.json", {
+            "file": str(path), "kind": sweep.kind,
+            "runs": [{"run_id": spec.run_id, "seed": spec.seed,
+                      "overrides": list(spec.overrides)} for spec in sweep.runs]})
+        rows = _EXECUTORS[executor](sweep, str(out))
+        table = pd.DataFrame(rows)
+        atomic_parquet(table, out / "summary.parquet")
+        folder.finished()
     return table
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """SIGTERM and SIGHUP stop the sweep like Ctrl-C, so the executor's cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def describe(table: pd.DataFrame, columns: Sequence[str] = ()) -> str:

@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmauction_sim.runfolder import temp_path
+
 # The per-query log's nested columns (simulate, evaluate, IRPO's market log): ad ID lists, and
 # maps from ad ID (or format error kind) to a number. Other columns keep pandas' own types.
 LIST_COLUMNS = ("candidates", "exposed", "clicked")
@@ -41,7 +43,7 @@ def write_query_log(frame: pd.DataFrame, path: str | Path) -> None:
         else:
             continue
         schema = schema.set(schema.get_field_index(name), pa.field(name, kind))
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), tmp)
     os.replace(tmp, path)
 

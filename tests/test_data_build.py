@@ -45,7 +45,8 @@ def reference(tmp_path_factory) -> tuple[Path, data.BuildResult]:
 def test_files_and_columns(reference) -> None:
     out, result = reference
     assert {p.name for p in out.iterdir()} == {"profiles.parquet", "queries.parquet",
-                                               "manifest.json"}
+                                               "manifest.json", "run.json", ".lock"}
+    assert json.loads((out / "run.json").read_text())["kind"] == "data"
     profiles, queries = read(out)
     assert list(profiles.columns) == PROFILE_COLUMNS
     assert list(queries.columns) == QUERY_COLUMNS

@@ -270,14 +270,18 @@ def test_a_finished_evaluation_is_reused_only_with_the_same_settings(
 
     cfg = RunConfig(seed=3).with_overrides(["data.query_writer=template", "data.profiles=12"])
     retriever = CandidateRetriever(packaged_catalog, text_encoder, 4, 0.3)
-    assert _finished_evaluation(cfg, tmp_path, 3) is None  # nothing there yet
+    assert _finished_evaluation(cfg, tmp_path, "scripted", 3) is None  # nothing there yet
     summary = evaluate(cfg, "scripted", 3, tmp_path, mechanism=ScriptedMechanism(
         packaged_catalog, cfg.penalty), judge=ScriptedJudge(), retriever=retriever)
-    assert _finished_evaluation(cfg, tmp_path, 3) == json.loads(json.dumps(summary))
-    assert _finished_evaluation(cfg, tmp_path, 4) is None  # another number of auctions
-    assert _finished_evaluation(cfg.with_overrides(["seed=4"]), tmp_path, 3) is None
+    assert _finished_evaluation(cfg, tmp_path, "scripted", 3) == json.loads(json.dumps(summary))
+    # The market's default mechanism does not matter, the evaluated one does.
+    other_default = cfg.with_overrides(["market.mechanism=mosaic"])
+    assert _finished_evaluation(other_default, tmp_path, "scripted", 3) is not None
+    assert _finished_evaluation(cfg, tmp_path, "mosaic", 3) is None
+    assert _finished_evaluation(cfg, tmp_path, "scripted", 4) is None  # another auction count
+    assert _finished_evaluation(cfg.with_overrides(["seed=4"]), tmp_path, "scripted", 3) is None
     (tmp_path / "queries.parquet").write_bytes(b"cut short")  # a crash mid-write
-    assert _finished_evaluation(cfg, tmp_path, 3) is None
+    assert _finished_evaluation(cfg, tmp_path, "scripted", 3) is None
 
 
 def test_same_seed_same_run_and_resume_after_crash(tmp_path, packaged_catalog, resources):

@@ -63,7 +63,7 @@ def test_executors_agree_and_reruns_skip(sweep_file, tmp_path) -> None:
     ray_table = run_sweep(sweep_file, tmp_path / "ray", executor="ray")
     pd.testing.assert_frame_equal(local, ray_table)
 
-    marker = tmp_path / "local" / "runs" / "r000-seed0" / "summary.json"
+    marker = tmp_path / "local" / "runs" / local["run_id"][0] / "summary.json"
     stamp = marker.stat().st_mtime_ns
     again = run_sweep(sweep_file, tmp_path / "local", executor="local")
     pd.testing.assert_frame_equal(local, again)
@@ -78,7 +78,9 @@ def test_a_failed_run_is_recorded(tmp_path, capsys) -> None:
     assert code == 1 and "4 of 8 runs ok" in out and "vcg2" in out
     table = pd.read_parquet(tmp_path / "s" / "summary.parquet")
     assert set(table["status"]) == {"ok", "failed"}
-    assert (tmp_path / "s" / "runs" / "r001-seed0" / "error.txt").is_file()
+    for _, row in table.iterrows():
+        error = tmp_path / "s" / "runs" / row["run_id"] / "error.txt"
+        assert error.is_file() == (row["status"] == "failed")
 
 
 def test_the_shipped_example_is_valid_and_named_by_the_readme() -> None:

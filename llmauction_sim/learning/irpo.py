@@ -23,7 +23,9 @@ takes the market's answers and clicks rather than deploying the policy again.
 
 With ``resume=True`` the run restarts at the phase
 after the last completed one; completed phases' outputs are loaded, not recomputed, and the policy is
-rebuilt from the newest saved adapter.
+rebuilt from the newest saved adapter. Each phase also saves the sentence vectors it computed
+(``epoch-{t}/encoder-{phase}.npz``), which a resume reuses: a text encoded again in another batch
+would differ in its last bits. OUT/run.json and OUT/.lock: see runfolder.py.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.lm.encoder import MemoLog
 from llmauction_sim.tables import read_query_log
 
 PHASES = ("warmstart", "collect", "pctr", "sample", "pairs", "dpo", "evaluate")
@@ -76,7 +79,14 @@ class IrpoRun:
     notes: list[str] = field(default_factory=list)
     done: tuple[int, int] = (-1, -1)  # (epoch, phase index) of the last completed phase
     seconds: dict[str, float] = field(default_factory=dict)
+    folder: Any = None  # the locked RunFolder of OUT (runfolder.py), released by close()
+    memo: Any = None  # lm.encoder.MemoLog: sentence vectors per phase, reused on resume
     _profiles: dict | None = None
+
+    def close(self) -> None:
+        """Release OUT's lock (also released when the process ends)."""
+        if self.folder is not None:
+            self.folder.close()
 
     def epoch_dir(self, t: int) -> Path:
         path = self.out / f"epoch-{t}"
@@ -103,6 +113,8 @@ class IrpoRun:
         """Record phase `phase` of epoch t as completed (OUT/state.json)."""
         self.seconds[str(t)] = self.seconds.get(str(t), 0.0) + elapsed
         self.done = (t, PHASES.index(phase))
+        if self.memo is not None:
+            self.memo.save(self.epoch_dir(t) / f"encoder-{phase}.npz")
         _write_json(self.out / STATE, {"epoch": t, "phase": phase, "seconds": self.seconds})
 
 
@@ -738,17 +750,36 @@ def open_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False
               **resources) -> IrpoRun:
     """Set up (or, with `resume=True`, reopen) the IRPO run in `out` without running a phase:
     the policy is the starting one, or the newest saved one when resuming. See `run_irpo`."""
+    from llmauction_sim.runfolder import acquire
+
     out = Path(out)
+    folder = acquire(out, "irpo", inputs={"data": data}, resume=resume)
+    try:
+        return _open(folder, config, out, resume, progress, data, resources)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _open(folder, config: RunConfig, out: Path, resume: bool, progress: bool, data,
+          resources: dict) -> IrpoRun:
     state_path = out / STATE
     state = _read_json(state_path) if resume else None
     if not resume and state_path.exists():
         raise FileExistsError(f"{out} already holds an IRPO run ({STATE}); pass resume=True to "
                               "continue it or choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config.to_dict())
     run = _setup(config, out, progress, data, resources)
+    folder.input("data", run.data)
+    _write_json(out / "config.json", config.to_dict())  # the run has started
+    folder.started(config)
+    run.folder = folder
     run.done = done = _position(state)
     run.seconds = dict((state or {}).get("seconds", {}))
+    run.memo = MemoLog(run.retriever, run.judge, run.pctr_encoder)
+    for t in range(done[0] + 1):
+        for i, phase in enumerate(PHASES):
+            if (t, i) <= done:
+                run.memo.load(out / f"epoch-{t}" / f"encoder-{phase}.npz")
     if done >= (0, PHASES.index("warmstart")):
         restore_warmstart(run)
     if done >= (1, 0):
@@ -819,5 +850,9 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
     """
     run = open_irpo(config, out, resume=resume, progress=progress, data=data, **resources)
-    advance(run, config.irpo.epochs)
+    try:
+        advance(run, config.irpo.epochs)
+        run.folder.finished()
+    finally:
+        run.close()
     return pd.read_parquet(Path(out) / EPOCHS)

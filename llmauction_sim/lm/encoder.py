@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +52,78 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
+
+    def memo_size(self) -> int:
+        return len(self._memo)
+
+    def memo_since(self, start: int) -> tuple[list[str], np.ndarray]:
+        """The texts memoised after the first `start` ones, and their vectors."""
+        texts = list(itertools.islice(self._memo, start, None))
+        vectors = (np.stack([self._memo[t] for t in texts]) if texts
+                   else np.zeros((0, self.dim), dtype=np.float32))
+        return texts, vectors
+
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        self._memo.update(zip(texts, np.asarray(vectors, dtype=np.float32)))
+
+
+class MemoLog:
+    """Carries encoders' memos across a resume. A text's vector depends in its last bits on the
+    batch it was first encoded in, so a resumed run must reuse the vectors the interrupted one
+    computed rather than encode those texts again in other batches. `save` writes what the
+    encoders memoised since the last mark (one file per committed round or phase); `load` puts a
+    saved file back."""
+
+    def __init__(self, *roots):
+        self.encoders = encoders_in(*roots)
+        self.mark()
+
+    def mark(self) -> None:
+        self._sizes = [e.memo_size() for e in self.encoders]
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        arrays = {}
+        for k, (encoder, size) in enumerate(zip(self.encoders, self._sizes)):
+            texts, vectors = encoder.memo_since(size)
+            if texts:
+                arrays[f"texts_{k}"] = np.array(texts, dtype=str)
+                arrays[f"vectors_{k}"] = vectors
+        if arrays:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        self.mark()
+
+    def load(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        if path.is_file():
+            with np.load(path) as saved:
+                for k, encoder in enumerate(self.encoders):
+                    if f"texts_{k}" in saved:
+                        encoder.remember([str(t) for t in saved[f"texts_{k}"]],
+                                         saved[f"vectors_{k}"])
+        self.mark()
+
+
+def encoders_in(*roots) -> list[TextEncoder]:
+    """The `TextEncoder`s held by `roots` (a retriever, judge, mechanism, ...) or by their
+    encoder, click model or judge attributes; each once, in a fixed order."""
+    found: dict[int, TextEncoder] = {}
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        obj = todo.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, TextEncoder):
+            found[id(obj)] = obj
+            continue
+        attrs = getattr(obj, "__dict__", {})  # not getattr: a lazy property would load a model
+        todo += [attrs.get(name) for name in ("encoder", "_encoder", "click_model", "judge")]
+    return list(found.values())
 
 
 @functools.lru_cache(maxsize=2)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from llmauction_sim.config import ConfigError, RunConfig
 from llmauction_sim.domain.bidding import parse_population
+from llmauction_sim.runfolder import atomic_json, atomic_parquet
 
 
 def market_config(config: RunConfig, mechanism: str, advertisers: str, rounds: int) -> RunConfig:
@@ -37,18 +38,28 @@ def run_market_equilibrium(config: RunConfig, out: str | Path, *, resume: bool =
     """Run the market of `market_config(...)` into OUT/market; write OUT/rounds.parquet and
     OUT/summary.json; return the summary. With `market.rounds_per_epoch` > 0 the Ad-LLM is
     retrained by IRPO inside the market (market/joint.py)."""
+    from llmauction_sim.runfolder import open_run_folder
+
     out = Path(out)
     catalog = resources.pop("catalog", None)
-    if config.market.rounds_per_epoch:
-        from llmauction_sim.market.joint import run_joint
+    population_catalog(config, catalog)  # a population the catalog cannot seat fails here
+    with open_run_folder(out, "equilibrium", inputs={"data": config.market.data},
+                         resume=resume) as folder:
+        folder.started(config)
+        if config.market.rounds_per_epoch:
+            from llmauction_sim.market.joint import run_joint
 
-        return run_joint(config, out, catalog, resume=resume, progress=progress, **resources)
-    from llmauction_sim.market import simulate
+            summary = run_joint(config, out, catalog, resume=resume, progress=progress,
+                                **resources)
+        else:
+            from llmauction_sim.market import simulate
 
-    entries, sub = population_catalog(config, catalog)
-
-    simulate(config, out / "market", resume=resume, progress=progress, catalog=sub, **resources)
-    return write_outputs(config, out, entries, sub)
+            entries, sub = population_catalog(config, catalog)
+            simulate(config, out / "market", resume=resume, progress=progress, catalog=sub,
+                     **resources)
+            summary = write_outputs(config, out, entries, sub)
+        folder.finished()
+    return summary
 
 
 def population_catalog(config: RunConfig, catalog=None):
@@ -92,7 +103,7 @@ def write_outputs(config: RunConfig, out: Path, entries, sub, **extra) -> dict:
                 "roi": value / spend if spend > 0 else np.nan,
                 "roi_violated": bool(spend > 0 and value < tau * spend * (1 - 1e-6))})
     rounds = pd.DataFrame(per_round).sort_values(["round", "advertiser"]).reset_index(drop=True)
-    rounds.to_parquet(out / "rounds.parquet", index=False)
+    atomic_parquet(rounds, out / "rounds.parquet")
 
     steps = int(rounds["round"].max())
     last = rounds["round"] > steps - max(1, steps // 10)
@@ -119,7 +130,7 @@ def write_outputs(config: RunConfig, out: Path, entries, sub, **extra) -> dict:
                "revenue_per_query": float(metrics["revenue_per_query"].mean()),
                "units": "revenue, welfare and utility are totals over the run's LLM rounds; "
                         "regret is null: the LLM market has no counterfactual outcomes", **extra}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_json(out / "summary.json", json.loads(json.dumps(summary, default=float)))
     return summary
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from llmauction_sim.config import ConfigError, RunConfig
+from llmauction_sim.runfolder import atomic_parquet
 from llmauction_sim.tables import read_query_log, write_query_log
 
 SINGLE_PASS = ("pretrained", "llm_auction")
@@ -71,14 +72,9 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
     `judge` and `retriever` are shared by both halves (default: built from `config`);
     `irpo_resources` go to `open_irpo` (model, tokenizer, make_lm, pctr_encoder)."""
     from llmauction_sim.clicks.base import make_judge
-    from llmauction_sim.learning.irpo import EPOCHS, MARKET_LOG, PHASES, STATE, advance, open_irpo
+    from llmauction_sim.learning.irpo import STATE, open_irpo
     from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-    from llmauction_sim.market import simulate
-    from llmauction_sim.market.equilibrium import (
-        population_catalog,
-        population_types,
-        write_outputs,
-    )
+    from llmauction_sim.market.equilibrium import population_catalog
 
     check_joint(config)
     out = Path(out)
@@ -95,9 +91,23 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
         config.retrieval.profile_weight)
     judge = judge or make_judge(config.clicks.judge, config, encoder=retriever.encoder,
                                 catalog=sub)
-    irpo_dir, market_dir = out / "irpo", out / "market"
+    irpo_dir = out / "irpo"
     run = open_irpo(config, irpo_dir, resume=(irpo_dir / STATE).is_file(), progress=progress,
                     data=data, catalog=sub, retriever=retriever, judge=judge, **irpo_resources)
+    try:
+        return _run_blocks(run, config, out, entries, sub, k, steps, epochs, retriever, judge,
+                           progress)
+    finally:
+        run.close()
+
+
+def _run_blocks(run, config: RunConfig, out: Path, entries, sub, k: int, steps: int,
+                epochs: int, retriever, judge, progress: bool) -> dict:
+    from llmauction_sim.learning.irpo import EPOCHS, MARKET_LOG, PHASES, advance
+    from llmauction_sim.market import simulate
+    from llmauction_sim.market.equilibrium import population_types, write_outputs
+
+    irpo_dir, market_dir = out / "irpo", out / "market"
     advance(run, 0)
     for block in range(epochs + 1):
         if block and run.done < (block, PHASES.index("evaluate")):
@@ -116,7 +126,7 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
     held_out = pd.read_parquet(irpo_dir / EPOCHS)
     blocks = block_table(out, k, held_out,
                          dict(zip(sub.ids, population_types(entries))))
-    blocks.to_parquet(out / "blocks.parquet", index=False)
+    atomic_parquet(blocks, out / "blocks.parquet")
     return write_outputs(config, out, entries, sub, rounds_per_epoch=k, irpo_epochs=epochs,
                          blocks=blocks.astype(object).where(blocks.notna(), None)
                          .to_dict("records"))

@@ -6,7 +6,12 @@ Run folder layout::
     queries.parquet    one row per query        metrics.parquet one row per round (model reporters)
     advertisers.parquet one row per advertiser and round (agent reporters)
     summary.json       whole-run metrics        metrics.png     the reporters over rounds
-    .state/            per-round parts and the market state (what --resume continues from)
+    .state/            per-round parts and the market state (what --resume continues from),
+                       with the sentence vectors each round computed (a resume reuses them)
+    run.json, .lock    what the folder is and its inputs' hashes; the writer's lock (runfolder.py)
+
+config.json is written once the data is loaded and the market is built, so a start that fails
+before that leaves nothing that blocks the retry.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.lm.encoder import MemoLog
 from llmauction_sim.manifest import environment, write_json
+from llmauction_sim.runfolder import RunFolder, RunFolderError, atomic_parquet, open_run_folder
+from llmauction_sim.runfolder import temp_path as _temp_path
 from llmauction_sim.tables import read_query_log, write_query_log
 
 # Why a market shows no ad (the CLI's demo and the browser page say it).
@@ -34,14 +42,7 @@ PLOTTED = ("revenue_per_query", "reward_per_query", "ctr", "ads_per_response",
            "format_error_rate", "no_ad_rate")
 
 
-class RunFolderError(ValueError):
-    """The run folder conflicts with the request (existing run, other config, missing state)."""
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+_atomic_parquet = atomic_parquet
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -63,12 +64,12 @@ def _check_same_config(stored: RunConfig, requested: RunConfig, out: Path) -> No
                              "same settings (only --steps may change) or use a new --out")
 
 
-def _data_for(config: RunConfig, out: Path, progress: bool):
+def _data_for(config: RunConfig, out: Path, progress: bool, resume: bool):
     from llmauction_sim.data import build_dataset, load_dataset
 
     if config.market.data:
         return load_dataset(config.market.data)
-    if (out / "data" / "queries.parquet").is_file():  # built when this run started
+    if resume and (out / "data" / "queries.parquet").is_file():  # built when this run started
         return load_dataset(out / "data")
     # Just enough users for the run: every asked query is then a fresh one.
     market, data = config.market, config.data
@@ -95,35 +96,54 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
              **resources) -> dict:
     """Run `config.market.steps` rounds into `out`; return the summary. See the module doc."""
     out = Path(out)
+    data = config.market.data
+    with open_run_folder(out, "simulate", inputs={"data": data}, resume=resume) as folder:
+        return _simulate(folder, config, out, resume, progress, resources)
+
+
+def _simulate(folder: RunFolder, config: RunConfig, out: Path, resume: bool, progress: bool,
+              resources: dict) -> dict:
     state_dir = out / ".state"
     state_file = state_dir / "market.json"
+    done = 0
     if resume:
         if not (out / "config.json").is_file():
             raise RunFolderError(f"{out} has no run to resume (no config.json); start it "
                                  "without --resume")
         _check_same_config(RunConfig.from_dict(json.loads((out / "config.json").read_text())),
                            config, out)
+        if state_file.is_file():
+            done = int(json.loads(state_file.read_text())["market"]["steps"])
+        if done > config.market.steps:
+            raise RunFolderError(
+                f"{out} has {done} finished rounds; resuming with {config.market.steps} would "
+                f"drop rounds {config.market.steps + 1}-{done}: resume with --steps {done} or "
+                "more")
     elif (out / "config.json").is_file():
         raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or "
                              "choose another --out")
     started = time.time()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config.to_dict())
 
     from llmauction_sim.market.model import AdMarket
 
-    profiles, queries = _data_for(config, out, progress)
+    profiles, queries = _data_for(config, out, progress, resume)
+    folder.input("data", config.market.data or out / "data")
     profiles, queries = _select_split(profiles, queries, config.market.split,
                                       config.market.data or out / "data")
     market = AdMarket(config, profiles, queries, **resources)
-    done = 0
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())  # the run has started
+    folder.started(config)
+    memo = MemoLog(market.retriever, market.judge, market.auctioneer.mechanism)
     if resume and state_file.is_file():
         state = json.loads(state_file.read_text())
         market.load_state(state["market"])
         done = market.steps
         market.history = [read_query_log(state_dir / f"step-{t:06d}.queries.parquet")
                           for t in range(1, done + 1)]
-    for part in state_dir.glob("step-*.parquet"):  # from a round that never committed its state
+        for t in range(1, done + 1):
+            memo.load(state_dir / f"step-{t:06d}.encoder.npz")
+    for part in state_dir.glob("step-*"):  # from a round that never committed its state
         if int(part.name.split("-")[1].split(".")[0]) > done:
             part.unlink()
 
@@ -139,11 +159,14 @@ def simulate(config: RunConfig, out: str | Path, *, resume: bool = False, progre
         adv = market.datacollector.get_agenttype_vars_dataframe(type(next(
             iter(market.advertisers.values())))).xs(t, level="Step").reset_index(drop=True)
         _atomic_parquet(adv.assign(step=t), state_dir / f"step-{t:06d}.advertisers.parquet")
+        memo.save(state_dir / f"step-{t:06d}.encoder.npz")
         write_json(state_file, {"market": market.state()})  # commits round t
         bar.update(1)
         bar.set_postfix(revenue_per_query=f"{metrics['revenue_per_query'].iloc[0]:.1f}")
     bar.close()
-    return finalize(out, config, market.timings, time.time() - started)
+    summary = finalize(out, config, market.timings, time.time() - started)
+    folder.finished()
+    return summary
 
 
 def _gather(state_dir: Path, kind: str, steps: int) -> pd.DataFrame:
@@ -224,7 +247,7 @@ def metrics_figure(metrics: pd.DataFrame):
 
 
 def plot_metrics(metrics: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = _temp_path(path, ".png")
     metrics_figure(metrics).savefig(tmp, dpi=100)
     os.replace(tmp, path)
 
