@@ -9,8 +9,10 @@ bootstrap over auctions:
   against the bid-blind value (each exposure's 1/K);
 - `spearman_exposure_bid`: Spearman correlation of a candidate's exposure (0/1) with its bid,
   pooled over candidates and resampled by auction;
-- `expected_revenue_per_query`: sum over exposed ads of bid x the judge's click probability
-  (first price per click): the revenue an auction earns in expectation, free of click noise;
+- `expected_revenue_per_query`: sum over exposed ads of the price a click costs (`click_prices`:
+  the bid under first price per click, the slot price under GSP or VCG; the bid for logs without
+  prices) x the judge's click probability: the revenue an auction earns in expectation, free of
+  click noise;
 - `revenue_per_query` (realised clicks), `ads_per_answer`, `no_ad_rate`, `format_error_rate`;
 - per generation: expected revenue divided by the answers a mechanism samples per query (MOSAIC
   samples M and shows one).
@@ -51,15 +53,17 @@ class AuctionMetrics:
     def from_log(cls, queries: pd.DataFrame) -> AuctionMetrics:
         queries = queries.sort_values("query_id", kind="stable")
         exposures, top, chance, expected, bids, shown = [], [], [], [], [], []
-        for cands, bid_map, exposed, probs in zip(queries["candidates"], queries["bids"],
-                                                  queries["exposed"],
-                                                  queries["click_probabilities"]):
+        prices = (queries["click_prices"] if "click_prices" in queries
+                  else queries["bids"])  # logs from before click prices: first price
+        for cands, bid_map, price, exposed, probs in zip(
+                queries["candidates"], queries["bids"], prices, queries["exposed"],
+                queries["click_probabilities"]):
             b = np.array([float(bid_map[c]) for c in cands])
             exposed = list(exposed)
             exposures.append(len(exposed))
             top.append(sum(float(bid_map[a]) == b.max() for a in exposed))
             chance.append(len(exposed) / len(cands))
-            expected.append(sum(float(bid_map[a]) * float(probs.get(a, 0.0)) for a in exposed))
+            expected.append(sum(float(price[a]) * float(probs.get(a, 0.0)) for a in exposed))
             bids.append(b)
             shown.append(np.array([c in exposed for c in cands], float))
         return cls(list(queries["query_id"]), np.array(exposures, float), np.array(top, float),

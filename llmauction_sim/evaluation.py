@@ -105,11 +105,14 @@ def run_auctions(mechanism, judge, catalog, requests, seed: int) -> tuple[pd.Dat
         clicked = tuple(c for c in d.clicked if c in a.exposed_ids)
         payments = mechanism.payments(r, a, clicked)
         revenue = float(sum(payments.values()))
+        # What a click on each shown ad would cost (its bid under first price, the slot price
+        # under GSP or VCG): the expected revenue weighs these by the click probabilities.
+        prices = {i: float(mechanism.payments(r, a, (i,)).get(i, 0.0)) for i in a.exposed_ids}
         records.append({
             "query_id": r.query_id, "user_id": r.profile.user_id, "query": r.query,
             "response": a.response, "candidates": [ad.id for ad in r.candidates],
             "bids": dict(r.bids), "exposed": list(a.exposed_ids),
-            "clicked": list(clicked), "payments": dict(payments),
+            "clicked": list(clicked), "payments": dict(payments), "click_prices": prices,
             "click_probabilities": dict(d.probabilities),
             "revenue": revenue, "format_penalty": a.penalty,
             # The paper's R with realised clicks for pCTR, as in the market's log.

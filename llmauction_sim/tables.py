@@ -17,7 +17,8 @@ from llmauction_sim.runfolder import temp_path
 # maps from ad ID (or format error kind) to a number. Other columns keep pandas' own types.
 LIST_COLUMNS = ("candidates", "exposed", "clicked")
 MAP_COLUMNS = {"bids": pa.float64(), "click_probabilities": pa.float64(),
-               "payments": pa.float64(), "format_error_kinds": pa.int64()}
+               "payments": pa.float64(), "click_prices": pa.float64(),
+               "format_error_kinds": pa.int64()}
 
 
 def _mapping(value) -> dict:

@@ -28,6 +28,13 @@ def test_metrics_from_a_log() -> None:
     assert m.chance.tolist()[:2] == [0.5, 0.25]
 
 
+def test_expected_revenue_uses_the_price_a_click_costs() -> None:
+    """A slot auction charges less than the bid: expected revenue follows its click prices."""
+    frame = log(lambda i: ["d"])
+    frame["click_prices"] = [{"d": 30.0}] * len(frame)  # GSP: the next score, not the bid 90
+    assert AuctionMetrics.from_log(frame).expected_revenue.tolist()[:2] == [15.0, 15.0]
+
+
 def test_table_and_paired_differences() -> None:
     blind = log(lambda i: [["a", "b", "c", "d"][i % 4]], revenue=5.0, errors=4)
     top = log(lambda i: ["d"], revenue=20.0)

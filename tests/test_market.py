@@ -261,6 +261,8 @@ def test_evaluate_writes_the_same_native_log(tmp_path, packaged_catalog, text_en
         assert set(row["payments"]) == set(row["clicked"])
         assert row["revenue"] == pytest.approx(sum(row["payments"].values()))
         assert all(row["payments"][a] == row["bids"][a] for a in row["clicked"])
+        # First price per click: a click on any shown ad would cost its bid.
+        assert row["click_prices"] == {a: row["bids"][a] for a in row["exposed"]}
 
 
 def test_a_finished_evaluation_is_reused_only_with_the_same_settings(
