@@ -450,6 +450,12 @@ class MechanismConfig(ConfigBase):
     mosaic_payment: str = option("first_price", "mosaic payment per click: 'first_price' or "
                                  "'rochet' (MOSAIC's own rule, per unit of expected reward).",
                                  choices=["first_price", "rochet"])
+    pctr_model: str = option(
+        "judge", "Click model giving pCTR to mosaic, llm_auction_tilted and pregen_gsp: 'judge' "
+        "(the probabilities of clicks.judge itself; that judge must have them, as 'embedding' "
+        "and 'logprob' do, not 'llm'), 'embedding' (the MiniLM embedding click model, whatever "
+        "decides clicks) or 'logprob' (the User-LLM's P(yes) per ad).",
+        choices=["judge", "embedding", "logprob"])
     llm_auction_checkpoint: str | None = option(
         None, "llm_auction: model name or folder of the trained Ad-LLM (default ad_llm.name).")
     llm_auction_adapter: str | None = option(
@@ -599,6 +605,28 @@ class IrpoConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class VllmConfig(ConfigBase):
+    """vLLM engines (backend = 'vllm') sharing one GPU with training (llmauction_sim/lm/memory.py)."""
+    gpu_memory_utilization: float = option(
+        0.0, "Share of the GPU's memory each vLLM engine may take (weights + KV cache); 0 = "
+        "planned: what the DPO trainer on the same GPU, the HF policy and per-process headroom "
+        "leave, split between the engines (vLLM's own default, 0.9, leaves nothing for "
+        "training).", min=0.0, max=1.0)
+    max_model_len: int = option(
+        0, "Longest prompt + answer an engine serves (sizes its KV cache); 0 = dpo.max_length, "
+        "which IRPO's length check already makes cover every prompt plus max_new_tokens.", min=0)
+    gpu_memory_gib: float = option(
+        0.0, "GPU memory to plan for, GiB; 0 = the device's own total, read when an engine "
+        "starts.", min=0.0)
+    headroom_gib: float = option(
+        2.0, "Memory kept free per process on the GPU (CUDA context, allocator "
+        "fragmentation, vLLM's CUDA graphs), GiB.", min=0.0)
+    colocate_training: bool = option(
+        True, "Plan for DPO on the same GPU as the engines (IRPO on one GPU; with dpo.launcher, "
+        "rank 0's share); false when the engines have the GPU to themselves (evaluate).")
+
+
+@dataclass(frozen=True)
 class RunConfig(ConfigBase):
     seed: int = option(0, "The one seed every random draw derives from.", min=0)
     ad_llm: ModelConfig = section(ModelConfig, "The Ad-LLM (allocation rule).")
@@ -619,6 +647,7 @@ class RunConfig(ConfigBase):
     dpo: DpoConfig = section(DpoConfig, "One DPO phase of IRPO.")
     irpo: IrpoConfig = section(IrpoConfig, "The IRPO training loop.")
     warmstart: WarmStartConfig = section(WarmStartConfig, "Format warm start before IRPO.")
+    vllm: VllmConfig = section(VllmConfig, "vLLM engines' memory (backend = 'vllm').")
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates

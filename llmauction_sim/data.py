@@ -133,7 +133,7 @@ def _build(config: RunConfig, out: Path, progress: bool, lm, folder) -> BuildRes
         if lm is None:
             from llmauction_sim.lm.hf import load_language_model
 
-            lm = load_language_model(config.user_llm, seed=config.seed)
+            lm = load_language_model(config.user_llm, seed=config.seed, run_config=config)
         writer = LLMQueryWriter(lm, config.user_sampling, config.seed)
 
     rejected: Counter = Counter()

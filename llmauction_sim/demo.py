@@ -57,8 +57,10 @@ def replay(config: RunConfig, out: str | Path, mechanism_name: str) -> pd.DataFr
                                                           log["bids"]))]
     encoder = load_encoder(config.retrieval.encoder)
     judge = make_judge(config.clicks.judge, config, encoder=encoder, catalog=catalog)
+    from llmauction_sim.mechanisms.pctr import judge_as_pctr
+
     mechanism = make_mechanism(mechanism_name, config, catalog=catalog, encoder=encoder,
-                               click_model=judge if hasattr(judge, "probabilities") else None)
+                               click_model=judge_as_pctr(config, judge))
     return run_auctions(mechanism, judge, catalog, requests, config.seed)[0]
 
 

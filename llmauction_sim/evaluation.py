@@ -82,7 +82,9 @@ def _resources(config: RunConfig, catalog, retriever, ad_lm=None, judge=None):
     encoder = retriever.encoder
     if judge is None:
         judge = make_judge(config.clicks.judge, config, encoder=encoder, catalog=catalog)
-    click_model = judge if hasattr(judge, "probabilities") else None
+    from llmauction_sim.mechanisms.pctr import judge_as_pctr
+
+    click_model = judge_as_pctr(config, judge)
     return {"ad_lm": ad_lm, "catalog": catalog, "encoder": encoder,
             "click_model": click_model}, judge
 
@@ -148,6 +150,8 @@ def _evaluate(folder, config, mechanism_name, test_queries, out, data, *, ad_lm,
     write_query_log(queries, out / "queries.parquet")
     generations = getattr(mechanism, "generations_per_query", 1)
     summary = {"mechanism": mechanism_name, "seed": config.seed, "judge": config.clicks.judge,
+               **({"pctr_model": mechanism.pctr_model} if hasattr(mechanism, "pctr_model")
+                  else {}),
                **summarize(queries), "generations_per_query": generations,
                "seconds_per_query": seconds / len(requests)}
     write_json(out / "summary.json", summary)

@@ -256,3 +256,126 @@ def test_warm_start_runs_before_epoch_0_and_resume_restores_it(tmp_path, data, t
     table = irpo.run_irpo(WARM, tmp_path, data=data, resume=True, progress=False, **fresh)
     assert list(table["epoch"]) == [0, 1]
     assert all(np.allclose(seen[0][k], warm[k], atol=1e-6) for k in warm)
+
+
+def test_restore_places_policy_and_reference_on_the_configured_device(tmp_path, tokenizer,
+                                                                      monkeypatch) -> None:
+    """A full fine-tuned policy is reloaded from its folder in ad_llm's dtype and moved, with the
+    reference, to ad_llm's device (recorded: no GPU is needed to check the request)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    saved = tmp_path / "epoch-1" / "adapter"
+    tiny_llama(tokenizer, hidden=32, intermediate=64, layers=1, heads=2,
+               kv_heads=1).save_pretrained(str(saved))
+    (tmp_path / "epoch-1" / "dpo.json").write_text(json.dumps({"adapter": "epoch-1/adapter"}))
+    moves, loads = [], []
+    real_load = AutoModelForCausalLM.from_pretrained
+
+    def record_to(model, label):
+        def to(*args, **kwargs):
+            moves.append((label, args, kwargs))
+            return model
+        model.to = to
+        return model
+
+    def load(path, **kwargs):
+        loads.append(kwargs)
+        return record_to(real_load(path, **kwargs), "policy")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load)
+    config = CONFIG.with_overrides(["dpo.lora=false", "ad_llm.device=cuda:1",
+                                    "ad_llm.dtype=bfloat16"])
+    base = record_to(tiny_llama(tokenizer, hidden=32, intermediate=64, layers=1, heads=2,
+                                kv_heads=1), "reference")
+    wrapped = []
+    run = irpo.IrpoRun(config, tmp_path, tmp_path, [], None, None, None, tokenizer, base, None,
+                       lambda m, tok: wrapped.append(m) or m, base_model=base, progress=False)
+    irpo.restore_policy(run, 1)
+    assert loads == [{"dtype": torch.bfloat16}]
+    assert run.model.dtype == torch.bfloat16 and run.model is not base
+    assert ("policy", (torch.device("cuda:1"),), {}) in moves
+    assert ("reference", (torch.device("cuda:1"),), {}) in moves
+    assert wrapped == [run.model]  # the generator wraps the placed policy
+
+
+class FakeEngine:
+    """Stands in for a vLLM engine over a folder: loads the weights saved there, records what it
+    is asked, and reads the folder again on `reload_weights`."""
+
+    def __init__(self, folder, events):
+        self.folder, self.events = folder, events
+        events.append(("start", str(folder)))
+        self._load()
+
+    def _load(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(self.folder))
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype="float32")
+        self.lm = MentioningLM(model.eval(), tok, name="engine", seed=0)
+
+    def generate(self, prompts, params):
+        self.events.append(("generate", len(prompts)))
+        return self.lm.generate(prompts, params)
+
+    def score(self, prompts, continuations, params=None):
+        return self.lm.score(prompts, continuations, params)
+
+    def reload_weights(self):
+        self.events.append(("reload",))
+        self._load()
+
+
+def test_vllm_backend_samples_on_the_engine_and_reloads_after_dpo(tmp_path, data, tokenizer,
+                                                                  monkeypatch) -> None:
+    import torch
+
+    from llmauction_sim.learning.policy_engine import EnginePolicy
+
+    events, engines = [], []
+
+    def start(folder):
+        engines.append(FakeEngine(folder, events))
+        return engines[-1]
+
+    hf_wraps = []
+    monkeypatch.setattr("llmauction_sim.lm.hf.TransformersLM",
+                        lambda *a, **k: hf_wraps.append(a))
+    phases = []
+    for name in ("collect_phase", "sample_phase", "dpo_phase"):
+        real = getattr(irpo, name)
+
+        def tagged(*args, _real=real, _name=name, **kwargs):
+            events.append(("phase", _name))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(irpo, name, tagged)
+    res = {k: v for k, v in resources(tokenizer).items() if k != "make_lm"}
+    config = CONFIG.with_overrides(["ad_llm.backend=vllm"])
+    run = irpo.open_irpo(config, tmp_path, data=data, progress=False, start_engine=start, **res)
+    try:
+        assert isinstance(run.make_lm, EnginePolicy) and run.lm is engines[0]
+        irpo.advance(run, 1)
+        phases = [e[1] for e in events if e[0] == "phase"]
+        assert phases == ["collect_phase", "sample_phase", "dpo_phase"]
+        # One engine, started over OUT/policy-engine; collect and sample generate on it; the
+        # weights are reloaded after the DPO phase.
+        assert len(engines) == 1 and events[0] == ("start", str(tmp_path / "policy-engine"))
+        cut = events.index(("phase", "dpo_phase"))
+        assert ("generate", 4) in events[events.index(("phase", "collect_phase")):cut]
+        assert ("generate", 4) in events[events.index(("phase", "sample_phase")):cut]
+        assert events[cut + 1:].count(("reload",)) == 1 and run.make_lm.reloads == 1
+        assert not hf_wraps
+        # The engine now holds the trained policy (LoRA merged): same logits.
+        ids = torch.tensor([tokenizer("Which tent for two?")["input_ids"]])
+        with torch.no_grad():
+            want = run.model(input_ids=ids).logits
+            got = engines[0].lm.model(input_ids=ids).logits
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        with torch.no_grad(), run.model.disable_adapter():
+            before = run.model(input_ids=ids).logits
+        assert not torch.allclose(got, before, atol=1e-4)  # DPO moved the policy
+    finally:
+        run.close()

@@ -331,6 +331,47 @@ def test_registry_and_llm_auction_equals_pretrained(auction, packaged_catalog) -
     assert mosaic.samples == 20
 
 
+def test_mosaic_names_its_pctr_model_and_refuses_a_judge_without_one(
+        auction, packaged_catalog, text_encoder) -> None:
+    from llmauction_sim.clicks.embedding import EmbeddingJudge
+    from llmauction_sim.config import ConfigError
+    from llmauction_sim.mechanisms.pctr import judge_as_pctr, pctr_model_name
+
+    request, ads, pctr = auction
+    lm = ScriptedLM(lambda prompt, j: woven(ads[0]))
+    # The default: the click judge's own probabilities (the embedding judge).
+    default = make_mechanism("mosaic", RunConfig(), ad_lm=lm, catalog=packaged_catalog,
+                             encoder=text_encoder)
+    assert default.pctr_model == "embedding" and isinstance(default.click_model, EmbeddingJudge)
+    # The llm judge only draws clicks: no silent MiniLM stand-in, a ConfigError naming the fix.
+    llm_judge = RunConfig().with_overrides(["clicks.judge=llm"])
+    for name in ("mosaic", "pregen_gsp", "llm_auction_tilted"):
+        with pytest.raises(ConfigError, match="pctr_model = 'embedding'") as err:
+            make_mechanism(name, llm_judge, ad_lm=lm, catalog=packaged_catalog,
+                           encoder=text_encoder)
+        assert "'llm'" in str(err.value) and "no click probabilities" in str(err.value)
+    # Asked for by name, the embedding click model serves, and the mechanism says so.
+    named = llm_judge.with_overrides(["mechanisms.pctr_model=embedding"])
+    mech = make_mechanism("mosaic", named, ad_lm=lm, catalog=packaged_catalog,
+                          encoder=text_encoder)
+    assert mech.pctr_model == "embedding" and pctr_model_name(named) == "embedding"
+    # The log-probability judge gives pCTR from the User-LLM it is handed.
+    logprob = RunConfig().with_overrides(["clicks.judge=logprob"])
+    mech = make_mechanism("mosaic", logprob, ad_lm=lm, catalog=packaged_catalog, user_lm=lm)
+    assert mech.pctr_model == "logprob" and mech.click_model.lm is lm
+    # A registered judge other than the configured pCTR model is refused, not used.
+    with pytest.raises(ConfigError, match="pctr_model = 'logprob'"):
+        make_mechanism("mosaic", named, ad_lm=lm, catalog=packaged_catalog,
+                       click_model=mech.click_model)
+    assert judge_as_pctr(named, mech.click_model) is None
+    assert judge_as_pctr(logprob, mech.click_model) is mech.click_model
+    # A caller's own click model is used as given and named by its own name.
+    own = make_mechanism("mosaic", RunConfig(), ad_lm=lm, catalog=packaged_catalog,
+                         click_model=FixedClickModel(pctr))
+    assert own.pctr_model == "fixed"
+    assert judge_as_pctr(RunConfig(), FixedClickModel(pctr)) is not None
+
+
 def test_mechanism_config_fields() -> None:
     c = RunConfig().with_overrides(["mechanisms.slots=3", "mechanisms.slot_weights=1,0.6,0.3",
                                     "mechanisms.gsp_payment=vcg", "mechanisms.mosaic_samples=2"])

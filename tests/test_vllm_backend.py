@@ -88,3 +88,12 @@ def test_score_sums_the_continuation_log_probs(tokenizer) -> None:
 
 def test_continuation_logprob_reads_plain_floats() -> None:
     assert continuation_logprob([None, {7: -1.0}, {8: -2.0}], [1, 7, 8], start=1) == -3.0
+
+
+def test_reload_weights_rereads_the_folder_and_drops_the_prefix_cache(tokenizer) -> None:
+    llm = FakeLLM(tokenizer)
+    rpc = []
+    llm.collective_rpc = lambda method, *a, **k: rpc.append(method)
+    llm.reset_prefix_cache = lambda: rpc.append("reset_prefix_cache")
+    VLLMModel(llm, FakeVllm).reload_weights()
+    assert rpc == ["reload_weights", "reset_prefix_cache"]

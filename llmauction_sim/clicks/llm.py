@@ -219,7 +219,7 @@ class LLMJudge:
 def load_user_lm(config) -> LanguageModel:
     from llmauction_sim.lm.hf import load_language_model
 
-    return load_language_model(config.user_llm, seed=config.seed)
+    return load_language_model(config.user_llm, seed=config.seed, run_config=config)
 
 
 def make_llm_judge(config, *, user_lm=None, encoder=None, catalog=None) -> LLMJudge:

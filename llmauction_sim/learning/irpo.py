@@ -52,6 +52,7 @@ from llmauction_sim.tables import read_query_log
 PHASES = ("warmstart", "collect", "pctr", "sample", "pairs", "dpo", "evaluate")
 STATE = "state.json"
 EPOCHS = "epochs.parquet"
+ENGINE_POLICY = "policy-engine"  # the current policy's merged weights, read by a vLLM engine
 
 # Independent seed streams (mixed with config.seed and the epoch).
 _PICK, _BIDS, _COLLECT, _COLLECT_CLICKS, _SAMPLE, _SAMPLE_CLICKS = 31, 32, 33, 34, 35, 36
@@ -97,9 +98,23 @@ class IrpoRun:
         if self.progress:
             print(f"[irpo] {text}", file=sys.stderr, flush=True)
 
+    def device(self):
+        from llmauction_sim.lm.devices import resolve_device
+
+        return resolve_device(self.config.ad_llm.device)
+
+    def place(self) -> None:
+        """Policy and reference (the base model) on `ad_llm.device`: a model loaded from a
+        folder, or handed back by a trainer, lands wherever its loader put it (the CPU)."""
+        device = self.device()
+        self.model = self.model.to(device)
+        if self.base_model is not None and self.base_model is not self.model:
+            self.base_model = self.base_model.to(device)
+
     def set_policy(self, model) -> None:
         self.model = model
-        self.lm = self.make_lm(model, self.tokenizer)
+        self.place()
+        self.lm = self.make_lm(self.model, self.tokenizer)
 
     def profile(self, user_id: str):
         if self._profiles is None:
@@ -551,7 +566,10 @@ def restore_policy(run: IrpoRun, upto: int) -> None:
             else:
                 from transformers import AutoModelForCausalLM
 
-                model = AutoModelForCausalLM.from_pretrained(str(path))
+                from llmauction_sim.lm.devices import resolve_dtype
+
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(path), dtype=resolve_dtype(run.config.ad_llm.dtype, run.device()))
             run.set_policy(model.eval())
             run.say(f"policy restored from {path}")
             return
@@ -704,7 +722,7 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
     from llmauction_sim.lm.hf import TransformersLM, load_trainable
 
     unknown = set(resources) - {"model", "tokenizer", "ad_lm", "judge", "retriever", "catalog",
-                                "pctr_encoder", "make_lm"}
+                                "pctr_encoder", "make_lm", "start_engine"}
     if unknown:
         raise TypeError(f"run_irpo got unknown resources {sorted(unknown)}")
     catalog = resources.get("catalog") or load_catalog(config.data.catalog)
@@ -728,7 +746,15 @@ def _setup(config: RunConfig, out: Path, progress: bool, data, resources: dict) 
                               max_batch_size=config.ad_llm.max_batch_size, seed=config.seed,
                               cpu_kernels=config.ad_llm.cpu_kernels)
 
-    make_lm = resources.get("make_lm") or default_lm
+    make_lm = resources.get("make_lm")
+    if make_lm is None and config.ad_llm.backend == "vllm":
+        # Collect, sample and evaluate generate on the engine; DPO trains the HF policy, whose
+        # merged weights the engine reloads from OUT/policy-engine after every change.
+        from llmauction_sim.learning.policy_engine import EnginePolicy, start_vllm_engine
+
+        make_lm = EnginePolicy(out / ENGINE_POLICY,
+                               resources.get("start_engine") or start_vllm_engine(config))
+    make_lm = make_lm or default_lm
     data_dir = ensure_data(config, out, data)
     train = _train_auctions(config, data_dir, retriever, catalog, config.irpo.train_queries)
     check_lengths(config, tokenizer, train)
@@ -847,7 +873,9 @@ def run_irpo(config: RunConfig, out: str | os.PathLike, *, resume: bool = False,
     copied and tokenizer used),
     ``judge`` (click judge), ``retriever``, ``catalog``, ``pctr_encoder`` (encoder of the pCTR
     model), ``make_lm(model, tokenizer)`` (wraps the policy for generation; default
-    `TransformersLM`). ``data`` is a `data build` folder (default: a small build in OUT/data).
+    `TransformersLM`, or with ``ad_llm.backend = "vllm"`` an engine over OUT/policy-engine that
+    reloads the weights after every policy change), ``start_engine(folder)`` (that engine's
+    loader; default vLLM). ``data`` is a `data build` folder (default: a small build in OUT/data).
     """
     run = open_irpo(config, out, resume=resume, progress=progress, data=data, **resources)
     try:

@@ -686,13 +686,18 @@ def load_trainable(config):
     return _load.__wrapped__(config.name, config.dtype, config.device, config.adapter)
 
 
-def load_language_model(config, seed: int = 0):
+def load_language_model(config, seed: int = 0, run_config=None):
     """The `LanguageModel` for a `ModelConfig` (its `backend`); weights are shared between equal
-    configs."""
+    configs. `run_config` (the RunConfig it belongs to) sizes a vLLM engine by the memory plan."""
     if config.backend == "vllm":
         from llmauction_sim.lm.vllm import load_vllm_model
 
-        return load_vllm_model(config, seed)
+        engine_args = None
+        if run_config is not None:
+            from llmauction_sim.lm.memory import vllm_engine_args
+
+            engine_args = vllm_engine_args(run_config, config)
+        return load_vllm_model(config, seed, engine_args)
     model, tokenizer = _load(config.name, config.dtype, config.device, config.adapter)
     return TransformersLM(model, tokenizer, name=config.name,
                           max_batch_size=config.max_batch_size, seed=seed,

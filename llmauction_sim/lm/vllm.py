@@ -93,6 +93,12 @@ class VLLMModel:
     def encode_chat(self, chat: Chat) -> list[int]:
         return encode_chat(self.tokenizer, chat)
 
+    def reload_weights(self) -> None:
+        """Read the weights again from the engine's model folder (rewritten by the caller) in
+        place, and drop the prefix cache, whose KV entries the old weights computed."""
+        self.llm.collective_rpc("reload_weights")
+        self.llm.reset_prefix_cache()
+
     def generate(self, prompts: Sequence[Chat],
                  params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
         params = expand_params(params, len(prompts))
@@ -138,7 +144,8 @@ class VLLMModel:
 
 
 @functools.lru_cache(maxsize=2)
-def _engine(name: str, dtype: str, adapter: str | None):
+def _engine(name: str, dtype: str, adapter: str | None,
+            gpu_memory_utilization: float | None = None, max_model_len: int | None = None):
     try:
         import vllm
     except ImportError as exc:
@@ -149,11 +156,19 @@ def _engine(name: str, dtype: str, adapter: str | None):
     if adapter:
         raise ValueError("backend = 'vllm' does not load PEFT adapters here; merge the adapter "
                          "into a checkpoint (peft merge_and_unload) and set the model name to it")
+    # Without these vLLM takes 0.9 of the GPU and the model's full context: the memory plan
+    # (lm/memory.py) leaves the trainer and the other engine their share.
+    sizes = {k: v for k, v in (("gpu_memory_utilization", gpu_memory_utilization),
+                               ("max_model_len", max_model_len)) if v}
     llm = vllm.LLM(model=resolve_model(name), dtype="auto" if dtype == "auto" else dtype,
-                   enable_prefix_caching=True)
+                   enable_prefix_caching=True, **sizes)
     return llm, vllm
 
 
-def load_vllm_model(config, seed: int = 0) -> VLLMModel:
-    llm, vllm = _engine(config.name, config.dtype, config.adapter)
+def load_vllm_model(config, seed: int = 0, engine_args: dict | None = None) -> VLLMModel:
+    """`engine_args`: `gpu_memory_utilization` and `max_model_len` (`memory.vllm_engine_args`)."""
+    engine_args = engine_args or {}
+    llm, vllm = _engine(config.name, config.dtype, config.adapter,
+                        engine_args.get("gpu_memory_utilization"),
+                        engine_args.get("max_model_len"))
     return VLLMModel(llm, vllm, name=config.name, seed=seed)

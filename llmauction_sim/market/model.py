@@ -84,7 +84,9 @@ class AdMarket(mesa.Model):
         self.retriever = retriever
         encoder = encoder if encoder is not None else retriever.encoder
         mechanism = mechanism if mechanism is not None else make_mechanism(
-            market.mechanism, config, ad_lm=ad_lm, catalog=self.catalog)
+            market.mechanism, config, ad_lm=ad_lm, catalog=self.catalog,
+            # The logprob pCTR model reuses the User-LLM rather than loading it again.
+            **({"user_lm": user_lm} if user_lm is not None else {}))
         self.judge = judge if judge is not None else make_judge(
             config.clicks.judge, config, user_lm=user_lm, encoder=encoder, catalog=self.catalog)
 

@@ -72,7 +72,8 @@ def ad_llm_and_catalog(config, ad_lm=None, catalog=None, model_config=None):
     from llmauction_sim.lm.hf import load_language_model
 
     if ad_lm is None:
-        ad_lm = load_language_model(model_config or config.ad_llm, seed=config.seed)
+        ad_lm = load_language_model(model_config or config.ad_llm, seed=config.seed,
+                                    run_config=config)
     return ad_lm, catalog if catalog is not None else load_catalog(config.data.catalog)
 
 

@@ -4,10 +4,11 @@ Per query: sample M answers from the Ad-LLM in ONE generate call (n = M), score 
 
     R(y) = sum over validly exposed ads i of b_i pCTR_i(y) - lambda s_resp(y)
 
-(pCTR from the click model, inside the actual answer), read log pi_ref(y) with the model's own
-`score`, and select one answer with the self-normalised importance weights for the target
-pi_ref(y) exp(R(y)/tau) (`analysis.mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is
-the distribution the samples came from (ad_sampling's temperature, top-k, top-p; scored by
+(pCTR from the click model that `mechanisms.pctr_model` names, `pctr_model` on the mechanism,
+inside the actual answer), read log pi_ref(y) with the model's own `score`, and select one
+answer with the self-normalised importance weights for the target pi_ref(y) exp(R(y)/tau)
+(`analysis.mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is the distribution the
+samples came from (ad_sampling's temperature, top-k, top-p; scored by
 `score(..., params)`). With q = pi_ref (T = 1, no truncation) this is softmax(R/tau), and
 `mechanisms.mosaic_correction = "none"` uses softmax(R/tau) whatever q is. As M grows the
 selection converges to the KL-regularised optimum with beta = tau; a proposal far from pi_ref
@@ -72,6 +73,8 @@ class MosaicMechanism:
         self.lm = lm
         self.prompt = prompt
         self.click_model = click_model
+        # Which click model the pCTR comes from, for the run summary.
+        self.pctr_model = getattr(click_model, "name", type(click_model).__name__)
         self.sampling = sampling
         self.penalty = penalty
         self.catalog_ids = frozenset(catalog_ids)
@@ -157,10 +160,11 @@ class MosaicMechanism:
         return payments
 
 
-def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
+def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
+            **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
-                                   catalog=catalog)
+                                   catalog=catalog, user_lm=user_lm)
     m = config.mechanisms
     return MosaicMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
                            m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment,

@@ -77,6 +77,8 @@ class PregenGSPMechanism:
                  payment: str = "gsp", prompt=None):
         self.lm = lm
         self.click_model = click_model
+        # Which click model the pCTR comes from, for the run summary.
+        self.pctr_model = getattr(click_model, "name", type(click_model).__name__)
         self.sampling = sampling
         self.penalty = penalty
         self.catalog_ids = frozenset(catalog_ids)
@@ -122,10 +124,11 @@ class PregenGSPMechanism:
         return per_click(prices, [c for c in clicked if c in exposed and c in prices])
 
 
-def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
+def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
+                **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
-                                   catalog=catalog)
+                                   catalog=catalog, user_lm=user_lm)
     m = config.mechanisms
     return PregenGSPMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
                               m.slots, m.slot_weights, m.gsp_payment, config.ad_prompt)

@@ -125,6 +125,8 @@ class TiltedMechanism(FirstPricePerClick):
                  prompt=None, temperature: float = 5.0, max_ads: int = 2, lam: float = 1.0):
         self.lm = lm
         self.click_model = click_model
+        # Which click model the pCTR comes from, for the run summary.
+        self.pctr_model = getattr(click_model, "name", type(click_model).__name__)
         self.sampling = sampling
         self.penalty = penalty
         self.catalog_ids = frozenset(catalog_ids)
@@ -212,10 +214,11 @@ def _continued(prompt, prefix: str):
     return [*prompt, {"role": "assistant", "content": prefix}]
 
 
-def _tilted(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, **_):
+def _tilted(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
+            **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
-                                   catalog=catalog)
+                                   catalog=catalog, user_lm=user_lm)
     m = config.mechanisms
     return TiltedMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
                            config.ad_prompt, m.tilted_temperature, m.tilted_max_ads,
