@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# On a GPU machine (no network needed): the same Ad-LLM market round with the transformers backend
-# and with vLLM, printing generated tokens/s of both. Under 10 minutes.
+# On a GPU machine (no network needed): (1) the same Ad-LLM prompts generated with the transformers
+# backend and with vLLM, tokens/s of both; (2) the smoke run of the paper's GPU path
+# (`--config paper_gpu_smoke`: data build of 32 queries, one IRPO epoch with vLLM sampling and full
+# fine-tuning DPO, evaluation). Figures go to docs/results/gpu_check.json (docs/performance.md).
 #
 #   bash experiments/gpu_check.sh                 # a random model of Qwen3-4B's shape (see below)
 #   bash experiments/gpu_check.sh /path/to/Qwen3-4B-Instruct-2507   # a local checkpoint
@@ -74,4 +76,21 @@ for backend in ("transformers", "vllm"):
 result["ratio_vllm_over_transformers"] = round(result["vllm"]["tok_s"]
                                                / result["transformers"]["tok_s"], 2)
 print(json.dumps(result))
+with open("docs/results/gpu_check.json", "w") as f:
+    json.dump({"generation": result}, f, indent=2)
+PYEOF
+SMOKE="${SMOKE_OUT:-runs/gpu-smoke}"
+START=$(date +%s)
+llmauction irpo --config paper_gpu_smoke --out "$SMOKE" --quiet
+END=$(date +%s)
+"$PY" - "$SMOKE" "$((END - START))" <<'PYEOF'
+import json
+import sys
+
+out, seconds = sys.argv[1], int(sys.argv[2])
+summary = json.load(open(f"{out}/summary.json"))
+figures = json.load(open("docs/results/gpu_check.json"))
+figures["smoke"] = {"seconds": seconds, "summary": summary}
+json.dump(figures, open("docs/results/gpu_check.json", "w"), indent=2, default=str)
+print(f"smoke run: {seconds} s; summary in {out}/summary.json")
 PYEOF

@@ -75,7 +75,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 def _config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--config", type=Path, help="TOML file with config sections (see "
-                       "`llmauction config show`), or a shipped one by name: paper_gpu")
+                       "`llmauction config show`), or a shipped one by name: paper_gpu, paper_gpu_smoke")
     group.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.FIELD=VALUE",
                        help="override one config field; repeatable, e.g. --set ad_sampling.top_k=50")
