@@ -569,6 +569,14 @@ def summary_lines(table: pd.DataFrame, extras: dict) -> list[str]:
     return lines
 
 
+def llm_columns() -> dict:
+    """The columns of both LLM-allocation tables."""
+    return {"allocation": lambda r: r["allocation"], "constraint": lambda r: r["constraint"],
+            "deviation": lambda r: r["deviation"],
+            "parameters": lambda r: short_params(r["parameters"]),
+            "gain [95% CI]": pct, "ROI / tau of the deviation [95% CI]": roi_text}
+
+
 def llm_lines(llm: pd.DataFrame, extras: dict) -> list[str]:
     tilt = llm[llm["allocation"].str.startswith("tilted")]
     sweeps = llm[llm["allocation"].str.startswith("sampled")]
@@ -583,12 +591,7 @@ def llm_lines(llm: pd.DataFrame, extras: dict) -> list[str]:
             "(value tau x bid: tau cancels from every ratio, so the rows hold for any tau). "
             "Bids may range over [0, market.bid_high]. Intervals: bootstrap over the "
             "auctions (the context-aware plan re-solved in each resample).\n",
-            md_table(tilt, {"allocation": lambda r: r["allocation"],
-                            "constraint": lambda r: r["constraint"],
-                            "deviation": lambda r: r["deviation"],
-                            "parameters": lambda r: short_params(r["parameters"]),
-                            "gain [95% CI]": pct,
-                            "ROI / tau of the deviation [95% CI]": roi_text}),
+            md_table(tilt, llm_columns()),
             "",
             "The tilt is increasing in the own bid, so under the per-auction constraint no "
             "lower bid shows the ad more often (gain 0, no ad-auction moves). Under the "
@@ -613,12 +616,7 @@ def llm_lines(llm: pd.DataFrame, extras: dict) -> list[str]:
             "selects on); cross-fitted, the pick is made on half of the repeats and measured on "
             "the other half, both ways, so a flat curve gives 0 in expectation. Intervals: "
             "delta method with a Student t over the queries (too few for a bootstrap).\n",
-            md_table(sweeps, {"allocation": lambda r: r["allocation"],
-                              "constraint": lambda r: r["constraint"],
-                              "deviation": lambda r: r["deviation"],
-                              "parameters": lambda r: short_params(r["parameters"]),
-                              "gain [95% CI]": pct,
-                              "ROI / tau of the deviation [95% CI]": roi_text}),
+            md_table(sweeps, llm_columns()),
             "",
             "A negative cross-fitted gain means the lower bid picked on one half did worse "
             "on the other: what a rising curve gives, and on a flat curve noise around 0.\n",
