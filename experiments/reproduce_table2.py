@@ -34,10 +34,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.tables import markdown_table, read_query_log  # noqa: E402
 
-# The CPU budget (about 90 minutes on 2 cores); every value can be changed with --set.
+# The settings of docs/results/table2.md; every value can be changed with --set. On a quiet 2-core
+# CPU the IRPO (pCTR) run takes 24 min (DPO 7 min per epoch) and the whole script about 3 hours.
 CPU_SETTINGS = [
-    "ad_sampling.max_new_tokens=96", "irpo.epochs=3", "irpo.train_queries=96",
-    "irpo.samples_per_query=2", "irpo.candidates_per_prompt=4", "irpo.test_queries=96",
+    "ad_sampling.max_new_tokens=96", "irpo.epochs=2", "irpo.train_queries=96",
+    "irpo.samples_per_query=2", "irpo.candidates_per_prompt=4", "irpo.test_queries=48",
     "irpo.max_pairs=96", "warmstart.queries=0", "mechanisms.mosaic_samples=5",
 ]
 PAPER = {  # Table 2 of the paper (Qwen3-4B): 125.28 / 46.88, 125.28 / 73.29, 54.13 / 24.95
@@ -215,8 +216,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-queries", type=int, default=240)
     parser.add_argument("--probe-auctions", type=int, default=32)
-    parser.add_argument("--monotonicity-queries", type=int, default=12)
-    parser.add_argument("--monotonicity-repeats", type=int, default=3)
+    parser.add_argument("--monotonicity-queries", type=int, default=8)
+    parser.add_argument("--monotonicity-repeats", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="on top of the CPU settings")
     args = parser.parse_args(argv)
@@ -343,6 +344,9 @@ def report(args, config, table, paired, reference, probes, mono, runs, times, wo
     text = [f"# Table 2 on the embedded model\n\n```\n{command}\n```\n",
             "Settings on top of the defaults: `" + "`, `".join(CPU_SETTINGS + args.overrides)
             + "`.\n",
+            f"Run time: {sum(times.values()) / 60:.0f} min in all ("
+            + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()) + " min), on "
+            f"{os.cpu_count()} CPU cores; a resumed run adds its parts' times.\n",
             f"## Held-out auctions ({int(table['auctions'].iloc[0])}, the same for every row)\n",
             "Estimates with 95% bootstrap intervals over auctions. Expected revenue: bid x the "
             "click model's probability, summed over the shown ads; top-bid share: the share of "
