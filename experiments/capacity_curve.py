@@ -129,7 +129,7 @@ def run_condition(config, data: Path, n: int, digits: int, k: int, mode: str, te
 
 def base_row(config, data: Path, digits: int, k: int, tests: int) -> dict:
     """The untrained model on the same probe (examples = 0)."""
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     config = config.with_overrides([f"ad_prompt.bid_digits={digits}",
                                     f"retrieval.num_candidates={k}"])

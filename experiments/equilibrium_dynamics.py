@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    from llmauction_sim.equilibrium import run_equilibrium
+    from llmauction_sim.classic.equilibrium import run_equilibrium
     from llmauction_sim.market.equilibrium import market_config, run_market_equilibrium
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ from bench_generate import ad_llm_prompts  # the benchmark's 64 Ad-LLM prompts
 
 from llmauction_sim.config import RunConfig
 from llmauction_sim.lm.base import SamplingParams
-from llmauction_sim.lm.hf import load_language_model
+from llmauction_sim.lm.registry import load_language_model
 
 model, queries = sys.argv[1], int(sys.argv[2])
 result = {"model": model, "queries": queries}

@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from llmauction_sim import incentive as ic  # noqa: E402
-from llmauction_sim.domain.bidding import ValueConfig  # noqa: E402
-from llmauction_sim.equilibrium import run_equilibrium  # noqa: E402
+from llmauction_sim.classic.bidding import ValueConfig  # noqa: E402
+from llmauction_sim.classic.equilibrium import run_equilibrium  # noqa: E402
 from llmauction_sim.statistics import bootstrap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,7 +53,8 @@ def to_float16(folder: Path) -> None:
 
 def train_auctions(config, data: Path, count: int, seed: int):
     from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.learning.irpo import _train_auctions, _with_bids
+    from llmauction_sim.learning.irpo_run import train_auctions as _train_auctions
+    from llmauction_sim.learning.irpo_run import with_bids as _with_bids
     from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
 
     catalog = load_catalog(config.data.catalog)
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
         own_answers,
         run_sft,
     )
-    from llmauction_sim.lm.hf import TransformersLM, load_language_model, load_trainable
+    from llmauction_sim.lm.hf import TransformersLM, load_trainable
+    from llmauction_sim.lm.registry import load_language_model
 
     config = RunConfig(seed=args.seed).with_overrides(SETTINGS + args.set)
     if config.ad_llm.name != EMBEDDED_MODEL or config.ad_llm.adapter:

@@ -1,5 +1,6 @@
-"""Allocation analysis: ITCTR estimates, the KL-regularised optimum, MOSAIC's selection rule, and
-the monotonicity / continuity experiments of the paper (docs/mechanisms.md).
+"""Allocation analysis: ITCTR estimates, the KL-regularised optimum (MOSAIC's selection rule
+lives with the mechanism, mechanisms/mosaic.py, and is re-exported here), and the monotonicity /
+continuity experiments of the paper (docs/mechanisms.md).
 
 The math is plain numpy; the experiments drive any registered mechanism and any click model with
 `probabilities` through their batched interfaces.
@@ -14,26 +15,30 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-# ------------------------------------------------------------------------------------------------
-# The KL-regularised optimum and MOSAIC's selection over a finite set of answers
-# ------------------------------------------------------------------------------------------------
+from llmauction_sim.domain.mentions import net_reward
+from llmauction_sim.mechanisms.mosaic import (  # noqa: F401  (MOSAIC's selection math, re-exported)
+    mosaic_allocation_curve,
+    mosaic_weights,
+    softmax,
+)
+from llmauction_sim.mechanisms.pctr import response_pctr
+from llmauction_sim.statistics import spearman  # noqa: F401  (re-exported for notebooks)
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - np.max(z)
-    e = np.exp(z)
-    return e / e.sum()
+# ------------------------------------------------------------------------------------------------
+# The KL-regularised optimum over a finite set of answers
+# ------------------------------------------------------------------------------------------------
 
 
 def answer_rewards(bids: np.ndarray, ctr: np.ndarray, exposed: np.ndarray, penalty: np.ndarray,
                    lam: float = 1.0) -> np.ndarray:
-    """R_b(y) = sum_i b_i ctr_i(y) 1(i in y) - lam s_resp(y) for answers y (rows).
+    """R_b(y) = sum_i b_i ctr_i(y) 1(i in y) - lam s_resp(y) for answers y (rows): the paper's
+    reward (`domain.mentions.paper_reward`) over a finite answer set given as matrices.
 
     `bids` [ads], `ctr` and `exposed` [answers, ads], `penalty` [answers].
     """
-    return (np.asarray(exposed, np.float64) * np.asarray(ctr, np.float64)) @ np.asarray(
-        bids, np.float64) - lam * np.asarray(penalty, np.float64)
+    revenue = (np.asarray(exposed, np.float64) * np.asarray(ctr, np.float64)) @ np.asarray(
+        bids, np.float64)
+    return net_reward(revenue, np.asarray(penalty, np.float64), lam)
 
 
 def kl_optimum(log_pi0: np.ndarray, rewards: np.ndarray, beta: float) -> np.ndarray:
@@ -56,45 +61,6 @@ def itctr_under(pi: np.ndarray, ctr: np.ndarray, exposed: np.ndarray) -> np.ndar
                                          * np.asarray(ctr, np.float64))
 
 
-def mosaic_weights(rewards: np.ndarray, tau: float, log_ref: np.ndarray | None = None,
-                   log_proposal: np.ndarray | None = None) -> np.ndarray:
-    """Self-normalised importance weights of M sampled answers for the target pi_ref e^{R/tau}.
-
-    With answers y_1..y_M drawn from a proposal q, the target p*(y) proportional to
-    pi_ref(y) exp(R(y)/tau) is approximated by the weighted sample with
-    w_j proportional to p*(y_j) / q(y_j) = exp(R(y_j)/tau + log pi_ref(y_j) - log q(y_j)).
-    When the answers are drawn from pi_ref itself (q = pi_ref) the ratio is 1 and the weights are
-    softmax(R/tau) over the samples; that is the default (both log arguments None).
-    Selecting y_j with probability w_j converges to p* as M grows (self-normalised importance
-    sampling is consistent).
-    """
-    logits = np.asarray(rewards, np.float64) / float(tau)
-    if log_ref is not None:
-        logits = logits + np.asarray(log_ref, np.float64)
-    if log_proposal is not None:
-        logits = logits - np.asarray(log_proposal, np.float64)
-    return softmax(logits)
-
-
-def mosaic_allocation_curve(rewards: np.ndarray, ctr_i: np.ndarray, bid_i: float, tau: float,
-                            grid: np.ndarray, log_ratio: np.ndarray | None = None) -> np.ndarray:
-    """Expected ITCTR of ad i as its bid moves over `grid`, the samples held fixed.
-
-    Rewards are linear in b_i: R_j(z) = R_j + (z - b_i) ctr_ij (ctr_ij = 0 where i is not in y_j),
-    so x_i(z) = sum_j w_j(z) ctr_ij is non-decreasing in z: the selection is monotone, and the
-    Myerson payment of this curve is MOSAIC's Rochet-style payment for the given samples.
-    """
-    ctr_i = np.asarray(ctr_i, np.float64)
-    base = np.asarray(rewards, np.float64) - bid_i * ctr_i
-    logits = (base[None, :] + np.asarray(grid, np.float64)[:, None] * ctr_i[None, :]) / tau
-    if log_ratio is not None:
-        logits = logits + np.asarray(log_ratio, np.float64)[None, :]
-    logits -= logits.max(axis=1, keepdims=True)
-    w = np.exp(logits)
-    w /= w.sum(axis=1, keepdims=True)
-    return w @ ctr_i
-
-
 # ------------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------------
@@ -115,16 +81,6 @@ def mean_ci(values: Sequence[float], z: float = 1.96) -> Estimate:
     m = float(v.mean())
     half = z * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else math.inf
     return Estimate(m, m - half, m + half, int(v.size))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks on ties); nan when either side is constant."""
-    from scipy.stats import rankdata
-
-    rx, ry = rankdata(x), rankdata(y)
-    if np.std(rx) == 0 or np.std(ry) == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def violation_rate(values: Sequence[float], tol: float = 0.0) -> float:
@@ -150,8 +106,6 @@ def sweep(mechanism, click_model, requests: Sequence, focal: Sequence[str],
     `pctr` (click-model probability of the focal ad in the answer, 0 if not exposed; its mean is
     the ITCTR estimate) and `click` (a Bernoulli(pctr) draw, the simulated user's click).
     """
-    from llmauction_sim.mechanisms.pctr import response_pctr
-
     batch, keys = [], []
     for s, (request, ad_id) in enumerate(zip(requests, focal)):
         for b in bids:

@@ -8,9 +8,9 @@ import logging
 import os
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from llmauction_sim import __version__
 from llmauction_sim.config import ConfigError, RunConfig, field_docs
 from llmauction_sim.lm.registry import ModelNotFoundError
 
@@ -18,13 +18,6 @@ from llmauction_sim.lm.registry import ModelNotFoundError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _NO_HUB_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"  # read when huggingface_hub/transformers load
-
-
-def _version() -> str:
-    try:
-        return version("llmauction-sim")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 @contextlib.contextmanager
@@ -105,7 +98,7 @@ def _checkpoint_opts(args: argparse.Namespace) -> list[str]:
     """--checkpoint PATH (an IRPO run, an adapter or a model folder) as llm_auction settings."""
     if getattr(args, "checkpoint", None) is None:
         return []
-    from llmauction_sim.learning.irpo import resolve_policy
+    from llmauction_sim.learning.irpo_folder import resolve_policy
 
     try:
         policy = resolve_policy(args.checkpoint)
@@ -207,11 +200,12 @@ def _simulate_config(args: argparse.Namespace) -> RunConfig:
         config = RunConfig.from_dict(json.loads(stored.read_text())).with_overrides(overrides)
     else:
         config = _resolve_config(args, extra)
-    from llmauction_sim.clicks import make_judge  # noqa: F401  (registers the judges)
-    from llmauction_sim.clicks.base import judge_names
+    from llmauction_sim.clicks import judge_names
+    from llmauction_sim.market.agents import check_bidding
     from llmauction_sim.mechanisms import check_mechanism
 
     check_mechanism(config.market.mechanism)
+    check_bidding(config.market.bidding)
     if config.clicks.judge not in judge_names():
         raise ConfigError(f"clicks.judge = {config.clicks.judge!r} is not a click judge; choose "
                           f"one of {', '.join(judge_names())} (--judge NAME)")
@@ -365,45 +359,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_equilibrium(args: argparse.Namespace) -> int:
-    from llmauction_sim.equilibrium import CLASSIC, config_from_cli
-    from llmauction_sim.equilibrium import format_summary as classic_summary
+    from llmauction_sim.equilibrium import run_equilibrium_command
 
-    if (args.mechanism or "first_price") in CLASSIC:
-        from llmauction_sim.sweep import run_classic_equilibrium
-
-        if args.checkpoint is not None:
-            raise ConfigError("--checkpoint applies to LLM-market mechanisms (llm_auction), not "
-                              f"to the classic {args.mechanism}")
-        config = config_from_cli(mechanism=args.mechanism, advertisers=args.advertisers,
-                                 rounds=args.rounds, auctions_per_round=args.auctions_per_round,
-                                 seed=args.seed, config_file=args.config,
-                                 overrides=args.overrides)
-        result = run_classic_equilibrium(config, args.out, resume=args.resume)
-        print(classic_summary(result.summary))
-        print(f"wrote {args.out}/rounds.parquet, market.parquet, summary.json, config.json")
-        return 0
-    from llmauction_sim.market.equilibrium import (
-        format_summary,
-        market_config,
-        run_market_equilibrium,
-    )
-    from llmauction_sim.mechanisms import mechanism_names
-
-    if args.mechanism not in mechanism_names():
-        raise ConfigError(f"--mechanism {args.mechanism!r} is neither a classic mechanism "
-                          f"({', '.join(CLASSIC)}) nor a market mechanism "
-                          f"({', '.join(mechanism_names())})")
-    if args.auctions_per_round is not None:
-        raise ConfigError("--auctions-per-round is for classic mechanisms; in the LLM market use "
-                          "--set market.queries_per_step=N (and market.surrogate_rounds=K)")
-    config = market_config(_resolve_config(args, _checkpoint_opts(args)), args.mechanism,
-                           args.advertisers or "vm:4,um:4", args.rounds or 20)
-    summary = run_market_equilibrium(config, args.out, resume=args.resume,
-                                     progress=not args.quiet)
-    print(format_summary(summary))
-    print(f"wrote {args.out}/rounds.parquet, summary.json and the market run in "
-          f"{args.out}/market")
-    return 0
+    return run_equilibrium_command(args, lambda: _resolve_config(args, _checkpoint_opts(args)))
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -482,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="llmauction", description="Simulate LLM-native ad auctions (LLM-Auction, IRPO).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="synthetic users and queries")
@@ -608,9 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     equilibrium = sub.add_parser(
         "equilibrium", help="learning bidders on a classic auction or in the LLM market",
         description="Run value- and utility-maximizing bidders' learning dynamics and write "
-        "OUT/rounds.parquet and OUT/summary.json. Classic mechanisms (first_price, second_price, "
-        "gsp) also write OUT/market.parquet and OUT/config.json, and --set takes equilibrium "
-        "fields (e.g. --set values.high=2). A market mechanism (pretrained, llm_auction, ...) "
+        "OUT/rounds.parquet and OUT/summary.json. The mechanism's registry picks the dynamics. "
+        "Classic auctions (first_price, second_price, gsp, or one added with "
+        "register_classic_auction) also write OUT/market.parquet and OUT/config.json, and --set "
+        "takes equilibrium fields (e.g. --set values.high=2). A market mechanism (pretrained, "
+        "llm_auction, ...) "
         "runs the LLM market with the population as its advertisers (the catalog cut to their "
         "number) into OUT/market; --set then takes run-config fields (e.g. --set "
         "market.surrogate_rounds=50).")

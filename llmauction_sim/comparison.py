@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmauction_sim.manifest import write_json
 from llmauction_sim.statistics import Interval, bootstrap, clustered_spearman, wilson
+from llmauction_sim.tables import markdown_table
 
 _COMPARE = 17  # seed stream of the bootstrap
 
@@ -155,8 +157,6 @@ PAIRED_COLUMNS = ["d_expected_revenue_per_query", "d_revenue_per_query", "d_top_
 
 
 def comparison_markdown(table: pd.DataFrame, paired: pd.DataFrame, reference: str) -> str:
-    from llmauction_sim.tables import markdown_table
-
     main = with_interval(table, MAIN_COLUMNS, 2)
     main = main[["mechanism", "auctions", *MAIN_COLUMNS, "bid_blind_top_bid_share",
                  "generations_per_query"]]
@@ -171,8 +171,6 @@ def comparison_markdown(table: pd.DataFrame, paired: pd.DataFrame, reference: st
 
 def write_comparison(out: Path, logs: dict[str, pd.DataFrame], generations: dict[str, float],
                      seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from llmauction_sim.manifest import write_json
-
     table, paired = compare_logs(logs, generations, seed)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "comparison.csv", index=False)

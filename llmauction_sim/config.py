@@ -2,6 +2,9 @@
 
 The same objects load from a TOML file (`RunConfig.load`), from a dict, and from CLI overrides of the
 form ``section.field=value``. Unknown keys and bad values raise `ConfigError` naming the field.
+
+`RunConfig` checks its retrieval settings against the ad catalog, so this module sits above
+`domain.catalog`; the domain does not import it (its functions take the values they need).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmauction_sim.domain.catalog import CatalogError, load_catalog
+from llmauction_sim.paths import accelerate_config
 
 
 class ConfigError(ValueError):
@@ -476,9 +482,6 @@ class MechanismConfig(ConfigBase):
                                   "penalty's per-ad cost in the utility u.", min=0.0)
 
 
-# The learning sections live next to their code; imported here, after ConfigBase is defined.
-
-
 @dataclass(frozen=True)
 class PctrConfig(ConfigBase):
     """The pCTR reward model: architecture, training and evaluation."""
@@ -548,8 +551,6 @@ class DpoConfig(ConfigBase):
 
     def validate(self) -> None:
         if self.launcher:
-            from llmauction_sim.paths import accelerate_config
-
             try:
                 accelerate_config(self.launcher)
             except FileNotFoundError as exc:
@@ -651,8 +652,6 @@ class RunConfig(ConfigBase):
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates
-        from llmauction_sim.domain.catalog import CatalogError, load_catalog
-
         try:
             size = len(load_catalog(self.data.catalog))
         except CatalogError as exc:

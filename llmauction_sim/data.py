@@ -7,6 +7,7 @@ and a finished build with the same settings is reused as is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -100,6 +101,17 @@ def build_dataset(config: RunConfig, out: str | Path, progress: bool = True, lm=
     return result
 
 
+def build_just_enough(config: RunConfig, out: str | Path, need: float, *, spare: int = 0,
+                      progress: bool = False) -> Path:
+    """A build in `out` sized for a run instead of `data.profiles`: `need` is the run's queries
+    in profiles' worth (fractional; the caller divides by queries_per_profile and its split's
+    share), rounded up, plus `spare`; at least 2 profiles, at most `data.profiles`. A finished
+    build with the same settings is reused (`build_dataset`)."""
+    profiles = min(config.data.profiles, max(2, math.ceil(need) + spare))
+    build_dataset(config.with_overrides([f"data.profiles={profiles}"]), out, progress=progress)
+    return Path(out)
+
+
 def _build(config: RunConfig, out: Path, progress: bool, lm, folder) -> BuildResult:
     start = time.time()
     settings = _build_settings(config)
@@ -131,7 +143,7 @@ def _build(config: RunConfig, out: Path, progress: bool, lm, folder) -> BuildRes
         writer = TemplateQueryWriter(config.seed)
     else:
         if lm is None:
-            from llmauction_sim.lm.hf import load_language_model
+            from llmauction_sim.lm.registry import load_language_model
 
             lm = load_language_model(config.user_llm, seed=config.seed, run_config=config)
         writer = LLMQueryWriter(lm, config.user_sampling, config.seed)

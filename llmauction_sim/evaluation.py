@@ -15,9 +15,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmauction_sim.analysis import curve, monotonicity_stats, sweep
+from llmauction_sim.clicks.base import make_judge
+from llmauction_sim.comparison import write_comparison
 from llmauction_sim.config import RunConfig
+from llmauction_sim.data import build_just_enough, load_dataset
+from llmauction_sim.domain.catalog import load_catalog
+from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+from llmauction_sim.manifest import write_json
+from llmauction_sim.mechanisms import make_mechanism
+from llmauction_sim.mechanisms.pctr import judge_as_pctr, load_click_model
+from llmauction_sim.rounds import (
+    EVALUATE_COLUMNS,
+    auctions_for,
+    play_round,
+    query_row,
+    summarize,
+    with_uniform_bids,
+)
 from llmauction_sim.runfolder import atomic_parquet, open_run_folder, temp_path
-from llmauction_sim.tables import write_query_log
+from llmauction_sim.tables import read_query_log, write_query_log
 
 # Independent seed streams (mixed with config.seed).
 _PICK, _BIDS, _ALLOCATE, _CLICKS, _FOCAL = 11, 12, 13, 14, 15
@@ -27,14 +44,9 @@ def _test_data(config: RunConfig, data: str | Path | None, out: Path, needed: in
     """(profiles, test queries): from `data` (a `data build` folder), else a build inside
     `out/data` that is just big enough, written by the configured query writer (the User-LLM
     unless data.query_writer=template is asked for)."""
-    from llmauction_sim.data import build_dataset, load_dataset
-
     if data is None:
-        profiles = max(2, math.ceil(needed / config.data.queries_per_profile
-                                    / max(config.data.test_fraction, 1e-9)) + 1)
-        build = config.with_overrides([f"data.profiles={min(profiles, config.data.profiles)}"])
-        data = out / "data"
-        build_dataset(build, data, progress=False)
+        data = build_just_enough(config, out / "data", needed / config.data.queries_per_profile
+                                 / max(config.data.test_fraction, 1e-9), spare=1)
     profiles, queries = load_dataset(data)
     test = queries[queries["split"] == "test"]
     if test.empty:
@@ -46,11 +58,6 @@ def test_auctions(config: RunConfig, test_queries: int, out: Path, data=None, *,
                   retriever=None, catalog=None):
     """The evaluation's auctions: `test_queries` test queries chosen by seed, their retrieved
     candidates, and bids uniform over market.bid_low..bid_high (integers) per query and ad."""
-    from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.domain.users import profiles_from_frame
-    from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-    from llmauction_sim.mechanisms import AuctionRequest
-
     if test_queries < 1:
         raise ValueError(f"--test-queries = {test_queries} must be >= 1")
     profiles, test = _test_data(config, data, out, test_queries)
@@ -62,65 +69,33 @@ def test_auctions(config: RunConfig, test_queries: int, out: Path, data=None, *,
         retriever = CandidateRetriever(catalog, load_encoder(config.retrieval.encoder),
                                        config.retrieval.num_candidates,
                                        config.retrieval.profile_weight)
-    by_user = {p.user_id: p for p in profiles_from_frame(profiles)}
-    users = [by_user[u] for u in test["user_id"]]
-    texts = list(test["query"])
-    bid_rng = np.random.default_rng([config.seed, _BIDS])
-    low, high = config.market.bid_low, config.market.bid_high
-    requests = []
-    for qid, user, text, cands in zip(test["query_id"], users, texts,
-                                      retriever.retrieve(users, texts)):
-        bids = bid_rng.integers(low, high + 1, len(cands))
-        requests.append(AuctionRequest(qid, user, text, tuple(cands),
-                                       {ad.id: float(b) for ad, b in zip(cands, bids)}))
+    requests = with_uniform_bids(auctions_for(profiles, test, retriever), config.market.bid_low,
+                                 config.market.bid_high, np.random.default_rng([config.seed, _BIDS]))
     return requests, catalog, retriever
 
 
 def _resources(config: RunConfig, catalog, retriever, ad_lm=None, judge=None):
-    from llmauction_sim.clicks.base import make_judge
-
     encoder = retriever.encoder
     if judge is None:
         judge = make_judge(config.clicks.judge, config, encoder=encoder, catalog=catalog)
-    from llmauction_sim.mechanisms.pctr import judge_as_pctr
-
     click_model = judge_as_pctr(config, judge)
     return {"ad_lm": ad_lm, "catalog": catalog, "encoder": encoder,
             "click_model": click_model}, judge
 
 
 def run_auctions(mechanism, judge, catalog, requests, seed: int) -> tuple[pd.DataFrame, float]:
-    """Allocate every auction in one batched call, judge the clicks, charge: the per-query log
-    (one row per auction) and the allocation's seconds. Draws come from seed streams of their
-    own, so mechanisms run on the same auctions see the same generators."""
-    from llmauction_sim.clicks.base import ClickRequest
-
-    start = time.perf_counter()
-    allocations = mechanism.allocate(requests, np.random.default_rng([seed, _ALLOCATE]))
-    seconds = time.perf_counter() - start
-    decisions = judge.judge(
-        [ClickRequest(r.profile, r.query, a.response,
-                      tuple(catalog.by_id(i) for i in a.exposed_ids), a.report.valid)
-         for r, a in zip(requests, allocations)], np.random.default_rng([seed, _CLICKS]))
-    records = []
-    for r, a, d in zip(requests, allocations, decisions):
-        clicked = tuple(c for c in d.clicked if c in a.exposed_ids)
-        payments = mechanism.payments(r, a, clicked)
-        revenue = float(sum(payments.values()))
-        # What a click on each shown ad would cost (its bid under first price, the slot price
-        # under GSP or VCG): the expected revenue weighs these by the click probabilities.
-        prices = {i: float(mechanism.payments(r, a, (i,)).get(i, 0.0)) for i in a.exposed_ids}
-        records.append({
-            "query_id": r.query_id, "user_id": r.profile.user_id, "query": r.query,
-            "response": a.response, "candidates": [ad.id for ad in r.candidates],
-            "bids": dict(r.bids), "exposed": list(a.exposed_ids),
-            "clicked": list(clicked), "payments": dict(payments), "click_prices": prices,
-            "click_probabilities": dict(d.probabilities),
-            "revenue": revenue, "format_penalty": a.penalty,
-            # The paper's R with realised clicks for pCTR, as in the market's log.
-            "reward": revenue - a.penalty, "format_errors": a.report.num_errors,
-            "judge_malformed": bool(d.malformed)})
-    return pd.DataFrame(records), seconds
+    """Allocate every auction in one batched call, judge the clicks, charge (rounds.py): the
+    per-query log (one row per auction) and the allocation's seconds. Draws come from seed
+    streams of their own, so mechanisms run on the same auctions see the same generators."""
+    played = play_round(mechanism, judge, catalog, requests,
+                        np.random.default_rng([seed, _ALLOCATE]),
+                        np.random.default_rng([seed, _CLICKS]))
+    # What a click on each shown ad would cost (its bid under first price, the slot price under
+    # GSP or VCG): the expected revenue weighs these by the click probabilities.
+    records = [query_row(o, EVALUATE_COLUMNS, click_prices={
+        i: float(mechanism.payments(o.request, o.allocation, (i,)).get(i, 0.0))
+        for i in o.allocation.exposed_ids}) for o in played.outcomes]
+    return pd.DataFrame(records), played.seconds["allocate"]
 
 
 def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str | Path,
@@ -135,10 +110,6 @@ def evaluate(config: RunConfig, mechanism_name: str, test_queries: int, out: str
 
 def _evaluate(folder, config, mechanism_name, test_queries, out, data, *, ad_lm, judge,
               mechanism, retriever) -> dict:
-    from llmauction_sim.manifest import write_json
-    from llmauction_sim.market.run import summarize
-    from llmauction_sim.mechanisms import make_mechanism
-
     requests, catalog, retriever = test_auctions(config, test_queries, out, data,
                                                  retriever=retriever)
     folder.input("data", data if data is not None else out / "data")
@@ -148,9 +119,9 @@ def _evaluate(folder, config, mechanism_name, test_queries, out, data, *, ad_lm,
         mechanism = make_mechanism(mechanism_name, config, **resources)
     queries, seconds = run_auctions(mechanism, judge, catalog, requests, config.seed)
     write_query_log(queries, out / "queries.parquet")
-    generations = getattr(mechanism, "generations_per_query", 1)
+    generations = mechanism.generations_per_query
     summary = {"mechanism": mechanism_name, "seed": config.seed, "judge": config.clicks.judge,
-               **({"pctr_model": mechanism.pctr_model} if hasattr(mechanism, "pctr_model")
+               **({"pctr_model": mechanism.pctr_model} if mechanism.pctr_model is not None
                   else {}),
                **summarize(queries), "generations_per_query": generations,
                "seconds_per_query": seconds / len(requests)}
@@ -176,9 +147,6 @@ def evaluate_many(config: RunConfig, names: list[str], test_queries: int, out: s
 
 
 def _evaluate_many(config, names, test_queries, out, data, judge, retriever, progress, folder):
-    from llmauction_sim.comparison import write_comparison
-    from llmauction_sim.tables import read_query_log
-
     requests, catalog, retriever = test_auctions(config, test_queries, out, data,
                                                  retriever=retriever)
     folder.input("data", data if data is not None else out / "data")
@@ -207,8 +175,6 @@ def _finished_evaluation(config: RunConfig, folder: Path, name: str,
     settings on as many auctions (a rerun comparison only evaluates what is missing), else None.
     `market.mechanism` is not compared: the evaluated mechanism is `name`, recorded in the
     summary, whatever the market's default was."""
-    from llmauction_sim.tables import read_query_log
-
     def settings(cfg: dict) -> dict:
         return {**cfg, "market": {**cfg.get("market", {}), "mechanism": None}}
 
@@ -249,10 +215,6 @@ def bid_sweep(config: RunConfig, mechanism_name: str, mode: str, out: str | Path
 
 def _bid_sweep(folder, config, mechanism_name, mode, out, test_queries, repeats, bids, data,
                ad_lm, judge, mechanism, retriever) -> dict:
-    from llmauction_sim.analysis import curve, monotonicity_stats, sweep
-    from llmauction_sim.manifest import write_json
-    from llmauction_sim.mechanisms import make_mechanism
-
     n = test_queries if mode == "monotonicity" else 1
     requests, catalog, retriever = test_auctions(config, n, out, data, retriever=retriever)
     folder.input("data", data if data is not None else out / "data")
@@ -262,8 +224,6 @@ def _bid_sweep(folder, config, mechanism_name, mode, out, test_queries, repeats,
     resources, judge = _resources(config, catalog, retriever, ad_lm, judge)
     click_model = resources["click_model"]
     if click_model is None:
-        from llmauction_sim.mechanisms.pctr import load_click_model
-
         click_model = load_click_model(config, encoder=retriever.encoder, catalog=catalog)
     if mechanism is None:
         mechanism = make_mechanism(mechanism_name, config, **{**resources,

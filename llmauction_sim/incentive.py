@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from llmauction_sim.classic.auctions import counterfactual_outcomes
+from llmauction_sim.classic.bidding import ValueConfig, ValueSampler
 from llmauction_sim.statistics import Interval, bootstrap
 
 # --------------------------------------------------------------------------------------------------
@@ -392,9 +394,7 @@ def sweep_gains(x_fit: np.ndarray, x_eval: np.ndarray, bids: np.ndarray, constra
 def draw_auctions(shadings: Sequence[float], n_auctions: int, rng: np.random.Generator,
                   values=None) -> tuple[np.ndarray, np.ndarray]:
     """(focal values [A], opponents' bids [A, n]): every bidder draws a value per auction
-    (`domain.bidding.ValueConfig`, uniform on [0, 1] by default); opponent j bids s_j v_j."""
-    from llmauction_sim.domain.bidding import ValueConfig, ValueSampler
-
+    (`classic.bidding.ValueConfig`, uniform on [0, 1] by default); opponent j bids s_j v_j."""
     vals = ValueSampler(values or ValueConfig(), 1 + len(shadings), rng).draw(n_auctions)
     return vals[:, 0].copy(), vals[:, 1:] * np.asarray(shadings, np.float64)
 
@@ -499,8 +499,6 @@ def classic_outcomes(values: np.ndarray, others: np.ndarray, bids: np.ndarray,
     """Expected clicks and payments [A, F] of the focal bidder's candidate bids [A, F] against
     the opponents' bids [A, n] in single-slot first-price auctions (the classic engine's
     counterfactuals: ties split at random, a zero bid does not take part)."""
-    from llmauction_sim.domain.auctions import counterfactual_outcomes
-
     a, f = bids.shape
     clicks, pay = np.zeros((a, f)), np.zeros((a, f))
     for lo in range(0, a, chunk):

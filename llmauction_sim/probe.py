@@ -26,7 +26,7 @@ import pandas as pd
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
 from llmauction_sim.mechanisms.base import AuctionRequest
 from llmauction_sim.mechanisms.tilted import MENTION_OPEN, mention_logprobs
-from llmauction_sim.statistics import bootstrap
+from llmauction_sim.statistics import bootstrap, within_slope
 
 _SENTENCE_END = (". ", "! ", "? ", "\n")
 
@@ -95,8 +95,6 @@ def choice_probe(lm: LanguageModel, requests: Sequence[AuctionRequest], build_pr
 def probe_summary(frame: pd.DataFrame, rng: np.random.Generator, column: str = "q") -> dict:
     """Top-bid mass (against 1/K) and the within-candidate slope of log(column) in the bid, each
     with a 95% cluster-bootstrap interval over auctions; also the first-position mass."""
-    from llmauction_sim.statistics import within_slope
-
     auctions = sorted(frame["auction"].unique())
     by_auction = [frame[frame["auction"] == a] for a in auctions]
     top = [float(g.loc[g["is_top"], column].sum() / g["permutation"].nunique())

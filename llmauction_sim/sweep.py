@@ -167,7 +167,7 @@ def execute_run(spec: RunSpec, root: str) -> dict:
                 simulate(config, folder, resume=(folder / "config.json").is_file(),
                          progress=False)
             else:
-                from llmauction_sim.equilibrium import EquilibriumConfig
+                from llmauction_sim.classic.equilibrium import EquilibriumConfig
 
                 config = EquilibriumConfig.from_dict(spec.base).with_overrides(overrides)
                 run_classic_equilibrium(config, folder,
@@ -183,8 +183,8 @@ def execute_run(spec: RunSpec, root: str) -> dict:
 
 def run_classic_equilibrium(config, out: str | Path, resume: bool = False):
     """`run_from_config` into a checked, locked run folder, after a memory estimate."""
-    from llmauction_sim.domain.bidding import parse_population
-    from llmauction_sim.equilibrium import run_from_config
+    from llmauction_sim.classic.bidding import parse_population
+    from llmauction_sim.classic.equilibrium import run_from_config
     from llmauction_sim.runfolder import check_memory, classic_equilibrium_bytes
 
     n = sum(e.num_copies for e in parse_population(config.advertisers))

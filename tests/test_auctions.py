@@ -1,16 +1,16 @@
-"""Classic mechanisms on hand-computed cases, tie breaking, counterfactuals and revenue equivalence."""
+"""Classic auctions on hand-computed cases, tie breaking, counterfactuals and revenue equivalence."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from llmauction_sim.domain.auctions import (
+from llmauction_sim.classic.auctions import (
+    classic_auction_names,
     counterfactual_outcomes,
     first_price,
     gsp,
-    make_mechanism,
-    mechanism_names,
+    make_classic_auction,
     second_price,
 )
 
@@ -74,7 +74,7 @@ def test_counterfactual_of_own_bid_matches_the_mechanism(name, weights) -> None:
     rng = np.random.default_rng(0)
     bids = rng.uniform(0, 1, (300, 5))
     ctr = rng.uniform(0.2, 1.0, (300, 5))
-    r = make_mechanism(name)(bids, ctr=ctr, slot_weights=weights)
+    r = make_classic_auction(name)(bids, ctr=ctr, slot_weights=weights)
     clicks, pay = counterfactual_outcomes(name, bids, bids[:, :, None] * [1.0, 0.0], ctr=ctr,
                                           slot_weights=weights)
     np.testing.assert_allclose(clicks[..., 0], r.clicks)
@@ -94,9 +94,9 @@ def test_revenue_equivalence_first_vs_second_price() -> None:
 
 
 def test_registry() -> None:
-    assert mechanism_names() == ["first_price", "gsp", "second_price"]
+    assert classic_auction_names() == ["first_price", "gsp", "second_price"]
     with pytest.raises(ValueError, match="did you mean 'gsp'"):
-        make_mechanism("gps")
+        make_classic_auction("gps")
     with pytest.raises(ValueError, match=">= 0"):
         first_price([[1.0, -1.0]])
 
@@ -117,7 +117,7 @@ def test_counterfactual_tie_is_the_expected_outcome_of_the_random_tie_break() ->
                           ("gsp", [1.0, 0.6, 0.3]), ("gsp", [1.0, 0.6])):
         b = np.array([[0.8, 0.8, 0.8, 0.5, 0.5]])
         many = np.repeat(b, 40_000, axis=0)
-        r = make_mechanism(name)(many, slot_weights=weights, rng=np.random.default_rng(0))
+        r = make_classic_auction(name)(many, slot_weights=weights, rng=np.random.default_rng(0))
         clicks, pay = counterfactual_outcomes(name, b, b[:, :, None], slot_weights=weights)
         np.testing.assert_allclose(r.clicks.mean(axis=0), clicks[0, :, 0], atol=0.012)
         np.testing.assert_allclose(r.payment.mean(axis=0), pay[0, :, 0], atol=0.012)
@@ -144,7 +144,7 @@ def test_invalid_inputs_are_rejected_with_a_clear_error() -> None:
 
 @pytest.mark.parametrize("name", ["first_price", "second_price", "gsp"])
 def test_zero_bids_and_bids_below_the_reserve_do_not_participate(name) -> None:
-    mech = make_mechanism(name)
+    mech = make_classic_auction(name)
     weights = [1.0] if name == "second_price" else [1.0, 0.5, 0.25]
     r = mech([[0.0, 0.0, 0.0]], slot_weights=weights, rng=np.random.default_rng(0))
     assert r.slot.tolist() == [[-1, -1, -1]] and r.revenue == 0.0

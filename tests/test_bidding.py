@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from llmauction_sim.cli import main
-from llmauction_sim.config import ConfigError
-from llmauction_sim.domain.bidding import (
+from llmauction_sim.classic.bidding import (
     Bidders,
+    FixedShading,
     PopulationEntry,
     RoundFeedback,
     ValueConfig,
@@ -19,8 +18,9 @@ from llmauction_sim.domain.bidding import (
     parse_population,
     register_policy,
 )
-from llmauction_sim.domain.bidding import Fixed as FixedPolicy
-from llmauction_sim.equilibrium import run_equilibrium
+from llmauction_sim.classic.equilibrium import run_equilibrium
+from llmauction_sim.cli import main
+from llmauction_sim.config import ConfigError
 
 
 def test_parse_population_strings_and_dicts() -> None:
@@ -38,15 +38,34 @@ def test_parse_population_strings_and_dicts() -> None:
 
 
 def test_registry_and_fixed_policies(monkeypatch) -> None:
-    from llmauction_sim.domain import bidding
+    from llmauction_sim.classic import bidding
 
-    monkeypatch.setattr(bidding.POLICIES, "_entries", dict(bidding.POLICIES._entries))
-    register_policy("half", lambda num, rng, grid: FixedPolicy(num, rng, grid, shading=0.5))
-    bidders = Bidders(parse_population("half:2,fixed:1:bid=0.3,truthful:1"),
+    monkeypatch.setattr(bidding.CLASSIC_POLICIES, "_entries",
+                        dict(bidding.CLASSIC_POLICIES._entries))
+    register_policy("half", lambda num, rng, grid: FixedShading(num, rng, grid, shading=0.5))
+    bidders = Bidders(parse_population("half:2,fixed_bid:1:bid=0.3,truthful:1"),
                       np.random.default_rng(0))
     bidders.start_round()
     values = np.array([[1.0, 0.8, 0.9, 0.4]])
     np.testing.assert_allclose(bidders.bids(values), [[0.5, 0.4, 0.3, 0.4]])
+    # The market's `fixed` means a bid drawn once per ad; a classic constant names its kind.
+    with pytest.raises(ConfigError, match="fixed_"):
+        parse_population("fixed:1")
+    with pytest.raises(ConfigError, match="fixed_bid"):
+        make_policy("fixed_bid", 1)
+
+
+def test_equilibrium_dispatches_through_the_registries(monkeypatch) -> None:
+    from llmauction_sim.classic import auctions
+    from llmauction_sim.equilibrium import mechanism_kind
+
+    monkeypatch.setattr(auctions.CLASSIC_AUCTIONS, "_entries",
+                        dict(auctions.CLASSIC_AUCTIONS._entries))
+    auctions.register_classic_auction("vickrey", auctions.second_price, pricing="second")
+    assert mechanism_kind("vickrey") == mechanism_kind("gsp") == "classic"
+    assert mechanism_kind("llm_auction") == "market"
+    with pytest.raises(ConfigError, match="neither a classic auction.*vickrey"):
+        mechanism_kind("dutch")
 
 
 def test_values_are_seeded() -> None:
@@ -107,7 +126,7 @@ def test_value_maximizer_budget_pacing() -> None:
 def test_hedge_regret_is_sublinear_against_stationary_opponents() -> None:
     """Against fixed opponents, regret per round of the Hedge learner shrinks as T grows
     (average regret at T is below half of that at T/8)."""
-    result = run_equilibrium("first_price", "um:1,fixed:3:shading=0.6", rounds=400,
+    result = run_equilibrium("first_price", "um:1,fixed_shading:3:shading=0.6", rounds=400,
                              auctions_per_round=200, seed=4)
     um = result.rounds[result.rounds["advertiser"] == 0].set_index("round")["cumulative_regret"]
     early, late = um[49] / 50, um[399] / 400
@@ -154,7 +173,7 @@ def test_cli_equilibrium_end_to_end(tmp_path, capsys) -> None:
     assert "value_maximizer" in capsys.readouterr().out
     code = main(["equilibrium", "--mechanism", "dutch", "--out", str(out)])
     assert code == 2
-    assert "neither a classic mechanism" in capsys.readouterr().err
+    assert "neither a classic auction" in capsys.readouterr().err
 
 
 def test_utility_maximizers_with_equal_values_bid_close_to_the_value() -> None:
@@ -169,7 +188,7 @@ def test_utility_maximizers_with_equal_values_bid_close_to_the_value() -> None:
 def test_value_maximizer_priced_out_at_the_start_recovers(controller) -> None:
     """A VM starting at m = 0.2 against constant bids 0.5 never wins at first; it must probe up,
     then settle at m = 1/tau = 0.8 (value 0.30 per auction) with ROI >= tau."""
-    spec = f"vm:1:tau=1.25:initial_multiplier=0.2:controller={controller},fixed:2:bid=0.5"
+    spec = f"vm:1:tau=1.25:initial_multiplier=0.2:controller={controller},fixed_bid:2:bid=0.5"
     result = run_equilibrium("first_price", spec, rounds=150, auctions_per_round=200, seed=5)
     vm = result.summary["advertisers"][0]
     assert vm["final_multiplier"] == pytest.approx(0.8, rel=0.02)

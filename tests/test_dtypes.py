@@ -15,8 +15,8 @@ import pytest
 import torch
 from tiny_models import embedded_tokenizer, tiny_llama
 
-import llmauction_sim.lm.hf as hf
 from llmauction_sim.lm.base import SamplingParams
+from llmauction_sim.lm.cascade_attention import cascade_attention
 from llmauction_sim.lm.cpu_kernels import fast_cpu_inference
 from llmauction_sim.lm.devices import cpu_description, cpu_supports_bf16, resolve_dtype
 from llmauction_sim.lm.hf import TransformersLM
@@ -103,7 +103,7 @@ def test_cascade_attention_matches_float32_definition(dtype, q_len, padded, pref
     module = SimpleNamespace(shared_prefix_kv=(pk, pv) if prefix else None,
                              num_key_value_groups=heads // kv_heads, decode_kernel=decode_kernel,
                              is_causal=True, training=False)
-    out, _ = hf.cascade_attention(module, query, key, value, allowed, scaling=d ** -0.5)
+    out, _ = cascade_attention(module, query, key, value, allowed, scaling=d ** -0.5)
     assert out.dtype == dt and out.shape == (b, q_len, heads, d)
 
     full_k, full_v, full_mask = key.float(), value.float(), allowed
@@ -237,7 +237,7 @@ def test_embedded_model_float32_and_bfloat16_agree(packaged_catalog) -> None:
     """Greedy answers to Ad-LLM prompts in bf16 are, token by token, near the float32 argmax, and
     their float32 log-probability per token is close to float32's own greedy answer's."""
     from llmauction_sim.config import ModelConfig
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     prompts = ad_llm_prompts(packaged_catalog, 4)
     config = ModelConfig(dtype="float32", device="cpu")

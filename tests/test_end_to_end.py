@@ -13,9 +13,9 @@ from llmauction_sim.data import build_dataset
 from llmauction_sim.domain.mentions import format_penalty, validate_response
 from llmauction_sim.domain.users import generate_profiles
 from llmauction_sim.lm.base import SamplingParams
-from llmauction_sim.lm.hf import load_language_model
 from llmauction_sim.lm.prompts import ad_llm_messages
 from llmauction_sim.lm.query_writer import clean_query
+from llmauction_sim.lm.registry import load_language_model
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,14 @@
 import contextlib
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from tiny_models import embedded_tokenizer, tiny_llama
 
+import llmauction_sim.lm.cascade_attention as cascade
 import llmauction_sim.lm.hf as hf
 from llmauction_sim.config import ModelConfig, SamplingConfig
 from llmauction_sim.lm import registry
@@ -19,8 +21,15 @@ from llmauction_sim.lm.base import (
     expand_params,
     sample_seeds,
 )
-from llmauction_sim.lm.hf import TransformersLM, load_language_model, sample_tokens
-from llmauction_sim.lm.registry import ModelNotFoundError, register_model, resolve_model
+from llmauction_sim.lm.hf import TransformersLM
+from llmauction_sim.lm.kv_cache import PreallocatedLayer, compaction_order
+from llmauction_sim.lm.registry import (
+    ModelNotFoundError,
+    load_language_model,
+    register_model,
+    resolve_model,
+)
+from llmauction_sim.lm.sampling import proposal_logprobs, sample_tokens
 
 SYSTEM = ("You are a shopping assistant inside a search engine. Answer the user's question "
           "briefly and helpfully, and mention a relevant product from the candidate list only when "
@@ -133,7 +142,7 @@ def test_greedy_texts_are_informative(lm: TransformersLM) -> None:
 
 def test_prompts_share_a_long_prefix(lm: TransformersLM) -> None:
     encoded = [lm.encode_chat(p) for p in PROMPTS]
-    shared = hf._common_prefix_len(encoded)
+    shared = hf.common_prefix_len(encoded)
     assert shared >= hf.MIN_SHARED_PREFIX
     assert len({len(e) for e in encoded}) == len(encoded)  # different lengths: padding is used
 
@@ -191,8 +200,8 @@ def test_cpu_kernels_same_greedy_and_scores(model, tokenizer, lm: TransformersLM
                                             monkeypatch) -> None:
     plain = TransformersLM(model, tokenizer, name="tiny", cpu_kernels=False)
     calls = []
-    kernel = hf.decode_attention
-    monkeypatch.setattr(hf, "decode_attention", lambda *a: calls.append(kernel(*a)) or calls[-1])
+    kernel = cascade.decode_attention
+    monkeypatch.setattr(cascade, "decode_attention", lambda *a: calls.append(kernel(*a)) or calls[-1])
     assert texts(plain.generate(PROMPTS, GREEDY)) == texts(lm.generate(PROMPTS, GREEDY))
     assert calls and all(c is not None for c in calls), "decode steps ran on the kernel"
     answers = [c[0].text for c in lm.generate(PROMPTS, GREEDY)]
@@ -591,6 +600,24 @@ def test_register_model(tmp_path: Path, monkeypatch) -> None:
         register_model("my-model", lambda: tmp_path)
 
 
+def test_backends_dispatch_by_config(monkeypatch) -> None:
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
+    assert {"transformers", "vllm"} <= set(registry.registered_backends())
+    registry.register_backend("echo", f"{__name__}:_echo_backend", "test backend")
+    config = SimpleNamespace(backend="echo")
+    assert load_language_model(config, seed=5, run_config="run") == (config, 5, "run")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_backend("echo", f"{__name__}:_echo_backend")
+    with pytest.raises(ValueError, match="module:function"):
+        registry.register_backend("bad", "no_colon")
+    with pytest.raises(ValueError, match="unknown backend 'nope'.*transformers"):
+        load_language_model(SimpleNamespace(backend="nope"))
+
+
+def _echo_backend(config, seed, run_config):
+    return config, seed, run_config
+
+
 def test_embedded_model_is_converted() -> None:
     folder = Path(resolve_model(registry.EMBEDDED_MODEL))
     assert (folder / "config.json").is_file()
@@ -611,7 +638,7 @@ def test_cascade_attention_equals_attention_over_the_full_sequence(q_len, padded
     if padded:
         allowed[0, :, :, :2] = False  # row 0 is left-padded by two tokens
     module = SimpleNamespace(shared_prefix_kv=(pk, pv), num_key_value_groups=heads // kv_heads)
-    out, _ = hf.cascade_attention(module, query, key, value, allowed, scaling=d ** -0.5)
+    out, _ = cascade.cascade_attention(module, query, key, value, allowed, scaling=d ** -0.5)
 
     full_k = torch.cat([pk.expand(b, -1, -1, -1), key], 2).repeat_interleave(3, dim=1)
     full_v = torch.cat([pv.expand(b, -1, -1, -1), value], 2).repeat_interleave(3, dim=1)
@@ -638,7 +665,7 @@ def test_cascade_generation_equals_copied_prefix(model, tokenizer, lm: Transform
 def test_proposal_logprobs_are_the_sampling_frequencies(temp, top_k, top_p) -> None:
     logits = LOGITS
     targets = torch.arange(logits.shape[-1])[None, :, None]  # every token as a target
-    q = hf.proposal_logprobs(logits[:, None].expand(1, logits.shape[-1], -1), targets[..., 0],
+    q = proposal_logprobs(logits[:, None].expand(1, logits.shape[-1], -1), targets[..., 0],
                              SamplingParams(temperature=temp, top_k=top_k, top_p=top_p)).exp()[0]
     n = 6000
     got = draw(logits, temp, top_k, top_p, seed=3, rows=n)
@@ -654,10 +681,10 @@ def test_proposal_logprobs_greedy_and_vllm_agree() -> None:
 
     logits = torch.randn(1, 5, 40, generator=torch.Generator().manual_seed(1))
     targets = logits.topk(3, -1).indices[..., 1]  # the second-best token at every position
-    greedy = hf.proposal_logprobs(logits, targets, SamplingParams(temperature=0.0))
+    greedy = proposal_logprobs(logits, targets, SamplingParams(temperature=0.0))
     assert torch.isinf(greedy).all()
     params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
-    ours = float(hf.proposal_logprobs(logits, targets, params).sum())
+    ours = float(proposal_logprobs(logits, targets, params).sum())
     # vLLM's prompt log-probs (raw log-softmax, top-k listed) give the same proposal.
     raw = torch.log_softmax(logits[0], -1)
     listed = [None] + [{int(t): float(raw[i, t]) for t in raw[i].topk(5).indices}
@@ -671,12 +698,12 @@ def test_proposal_logprobs_greedy_and_vllm_agree() -> None:
 @pytest.mark.parametrize("live", [[1, 0, 1, 1, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1]])
 def test_compaction_moves_only_tail_rows_into_holes(live: list[int]) -> None:
     live_t = torch.tensor(live, dtype=torch.bool)
-    order = hf._compaction_order(live_t)
+    order = compaction_order(live_t)
     assert sorted(order.tolist()) == live_t.nonzero().squeeze(1).tolist()
     n = len(order)
     assert all(i == j for i, j in enumerate(order.tolist()) if j < n)  # rows in place stay
 
-    layer = hf.PreallocatedLayer(capacity=6)
+    layer = PreallocatedLayer(capacity=6)
     layer.allocate(len(live), 2, 4, torch.float32, torch.device("cpu"))
     layer.update(torch.randn(len(live), 2, 3, 4), torch.randn(len(live), 2, 3, 4))
     expected_k, expected_v = layer.keys[order].clone(), layer.values[order].clone()
@@ -688,7 +715,7 @@ def test_compaction_moves_only_tail_rows_into_holes(live: list[int]) -> None:
 
 
 def test_select_with_repeats_gathers() -> None:
-    layer = hf.PreallocatedLayer(capacity=4)
+    layer = PreallocatedLayer(capacity=4)
     layer.allocate(2, 1, 2, torch.float32, torch.device("cpu"))
     layer.update(torch.randn(2, 1, 2, 2), torch.randn(2, 1, 2, 2))
     before = layer.keys.clone()

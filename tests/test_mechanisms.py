@@ -427,7 +427,7 @@ def test_evaluate_every_mechanism_on_the_embedded_model(tmp_path) -> None:
     import json
 
     from llmauction_sim.evaluation import evaluate
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     config = RunConfig().with_overrides([
         "ad_sampling.max_new_tokens=12", "mechanisms.mosaic_samples=2",

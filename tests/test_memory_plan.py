@@ -103,3 +103,28 @@ def test_engine_args_and_what_reaches_vllm(monkeypatch) -> None:
     assert made[0]["gpu_memory_utilization"] == args["gpu_memory_utilization"]
     assert made[0]["max_model_len"] == 4096
     assert "gpu_memory_utilization" not in made[1]  # no plan given: vLLM's own defaults
+
+
+def test_load_language_model_sizes_a_vllm_engine_by_the_plan(monkeypatch) -> None:
+    from llmauction_sim.lm import vllm as backend
+    from llmauction_sim.lm.registry import load_language_model
+
+    made = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=FakeLLM))
+    config = RunConfig().with_overrides(["ad_llm.backend=vllm", "vllm.gpu_memory_gib=80"])
+    backend._engine.cache_clear()
+    try:
+        lm = load_language_model(config.ad_llm, seed=3, run_config=config)
+    finally:
+        backend._engine.cache_clear()
+    assert isinstance(lm, backend.VLLMModel)
+    assert made == [{"model": made[0]["model"], "dtype": "auto", "enable_prefix_caching": True,
+                     **vllm_engine_args(config, config.ad_llm)}]

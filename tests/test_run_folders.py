@@ -383,14 +383,14 @@ def test_a_resume_reuses_the_sentence_vectors_of_the_interrupted_run(tmp_path,
 # --- classic equilibrium: checkpoints, resume, no silent overwrite --------------------------------
 
 def _classic(rounds: int):
-    from llmauction_sim.equilibrium import EquilibriumConfig
+    from llmauction_sim.classic.equilibrium import EquilibriumConfig
 
     return EquilibriumConfig(mechanism="first_price", advertisers="vm:2,um:2", rounds=rounds,
                              auctions_per_round=50, seed=3)
 
 
 def test_classic_equilibrium_resumes_an_interrupted_run_exactly(tmp_path, monkeypatch) -> None:
-    import llmauction_sim.equilibrium as eq
+    import llmauction_sim.classic.equilibrium as eq
 
     whole = eq.run_from_config(_classic(30), tmp_path / "whole")
     real_update = eq.Bidders.update

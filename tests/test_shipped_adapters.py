@@ -56,7 +56,7 @@ def test_unknown_adapter_names_the_fix(tmp_path) -> None:
 @pytest.mark.slow
 def test_the_warm_start_loads_on_the_embedded_model() -> None:
     from llmauction_sim.config import ModelConfig
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     lm = load_language_model(ModelConfig(adapter=WARM_START))
     base = load_language_model(ModelConfig())

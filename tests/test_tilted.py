@@ -136,8 +136,8 @@ def test_tilt_on_the_embedded_warm_start_is_monotone_and_continuous() -> None:
     """With pi_0's real choice probabilities (the shipped warm start, at its own mention point)
     the tilted choice of each ad and the decision to open a mention are non-decreasing in its bid
     and move by at most pCTR / (4T) per bid unit over a fine grid."""
-    from llmauction_sim.lm.hf import load_language_model
     from llmauction_sim.lm.prompts import ad_llm_messages
+    from llmauction_sim.lm.registry import load_language_model
     from llmauction_sim.mechanisms.base import policy_config
     from llmauction_sim.mechanisms.tilted import mention_logprobs
     from llmauction_sim.probe import mention_prefixes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -39,21 +38,26 @@ class ClickDecision:
     malformed: bool = False
 
 
-class ClickJudge(Protocol):
-    name: str
+class ClickJudge:
+    """Base class of click judges: subclass it, implement `judge`, register a factory."""
+
+    name: str = ""
+    description: str = ""  # one line, shown by `judge_descriptions()`
+    config_class: type | None = None  # dataclass of the judge's own settings, if any
 
     def judge(self, requests: Sequence[ClickRequest], rng: np.random.Generator
               ) -> list[ClickDecision]:
         """Decide clicks for every request in ONE batched model call; draws only from `rng`."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must implement judge()")
 
 
-class ClickModel(ClickJudge, Protocol):
-    """A judge that also gives a click probability per exposed ad without drawing clicks."""
+class ClickModel(ClickJudge):
+    """A judge that also gives a click probability per exposed ad without drawing clicks (what
+    the pCTR-based mechanisms need; a judge without `probabilities` cannot serve as pCTR)."""
 
     def probabilities(self, requests: Sequence[ClickRequest]) -> list[dict[str, float]]:
         """One {ad_id: P(click)} per request (empty when nothing is exposed); one model call."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must implement probabilities()")
 
 
 def keep_one_per_group(clicked: np.ndarray, probs: np.ndarray, compete: np.ndarray
@@ -72,16 +76,30 @@ def keep_one_per_group(clicked: np.ndarray, probs: np.ndarray, compete: np.ndarr
 
 
 JUDGES: Registry[Callable[..., ClickJudge]] = Registry(
-    "click judge", "config: clicks.judge, CLI: --judge")
+    "click judge", "config: clicks.judge, CLI: --judge", group="llmauction_sim.judges")
 
 
-def register_judge(name: str, factory: Callable[..., ClickJudge]) -> None:
-    """Register `factory(config: RunConfig, **resources) -> ClickJudge` under `name`."""
-    JUDGES.register(name, factory)
+def register_judge(name: str, factory: Callable[..., ClickJudge], description: str | None = None,
+                   *, config_class: type | None = None, replace: bool = False) -> None:
+    """Register `factory(config: RunConfig, **resources) -> ClickJudge` under `name`.
+
+    `description` is one line (default: the factory's `description` attribute or docstring);
+    `config_class` the dataclass of its own settings; a taken name needs `replace=True`.
+    """
+    JUDGES.register(name, factory, description, config_class=config_class, replace=replace)
 
 
 def judge_names() -> list[str]:
     return JUDGES.names()
+
+
+def judge_descriptions() -> dict[str, str]:
+    """{name: one-line description} of every registered click judge."""
+    return JUDGES.describe()
+
+
+def check_judge(name: str) -> None:
+    JUDGES.canonical(name)
 
 
 def make_judge(name: str, config, **resources) -> ClickJudge:

@@ -200,4 +200,5 @@ def make_embedding_judge(config, *, user_lm=None, encoder=None, catalog=None) ->
     return EmbeddingJudge.from_config(config, encoder=encoder, catalog=catalog)
 
 
-register_judge("embedding", make_embedding_judge)
+register_judge("embedding", make_embedding_judge,
+               "click model on sentence embeddings: relevance and nativeness (default)")

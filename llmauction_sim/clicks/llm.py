@@ -217,7 +217,7 @@ class LLMJudge:
 
 
 def load_user_lm(config) -> LanguageModel:
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     return load_language_model(config.user_llm, seed=config.seed, run_config=config)
 
@@ -228,4 +228,4 @@ def make_llm_judge(config, *, user_lm=None, encoder=None, catalog=None) -> LLMJu
                                 else load_user_lm(config))
 
 
-register_judge("llm", make_llm_judge)
+register_judge("llm", make_llm_judge, "the paper's User-LLM reading the answer and listing its clicks")

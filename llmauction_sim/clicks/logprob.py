@@ -73,4 +73,5 @@ def make_logprob_judge(config, *, user_lm=None, encoder=None, catalog=None) -> L
                                     else load_user_lm(config))
 
 
-register_judge("logprob", make_logprob_judge)
+register_judge("logprob", make_logprob_judge,
+               "P(yes) per inserted ad from the User-LLM's log-probabilities")

@@ -1,4 +1,5 @@
-"""Ad mention syntax: render, parse and validate ``@Ad Title@[Ad-NNNN]``, and score a response.
+"""Ad mention syntax: render, parse and validate ``@Ad Title@[Ad-NNNN]``, and score a response
+(format penalty s_resp and the paper's reward R, the one definition every caller uses).
 
 The Ad-LLM exposes an ad by writing its mention in the answer; title and ID must match the candidate
 list exactly (see docs/format_penalty.md for the full grammar and the penalty).
@@ -33,8 +34,10 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from llmauction_sim.config import PenaltyConfig
+if TYPE_CHECKING:  # annotation only: the domain takes any object with the penalty weights
+    from llmauction_sim.config import PenaltyConfig
 
 # Every character str.splitlines() breaks on: a title must stay on one line.
 _BREAKS = r"\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
@@ -209,15 +212,29 @@ def format_penalty(report: MentionReport, config: PenaltyConfig) -> float:
     return float(total)
 
 
+def exposure_revenue(exposed_ids: Collection[str], bids: Mapping[str, float],
+                     ctr: Mapping[str, float]) -> float:
+    """sum over `exposed_ids` (in order) of bids[id] * ctr[id]: R's revenue term.
+
+    `ctr` holds pCTRs or realised clicks (0/1); both mappings must cover every exposed ad.
+    """
+    for ad_id in exposed_ids:
+        if ad_id not in bids or ad_id not in ctr:
+            raise KeyError(f"exposed ad {ad_id!r} needs both a bid and a ctr value")
+    # sum() from int 0: no exposed ad gives 0, the integer IRPO's sample logs have always held.
+    return sum(float(bids[ad_id]) * float(ctr[ad_id]) for ad_id in exposed_ids)
+
+
+def net_reward(revenue, penalty, lam: float = 1.0):
+    """R = revenue - lam * s_resp; also elementwise on numpy arrays."""
+    return revenue - lam * penalty
+
+
 def paper_reward(report: MentionReport, bids: Mapping[str, float], ctr: Mapping[str, float],
                  config: PenaltyConfig, lam: float = 1.0) -> float:
     """R = sum over exposed ids of bids[id] * ctr[id] - lam * s_resp (paper Eq. 5/8).
 
     `ctr` holds pCTRs or realised clicks (0/1); both mappings must cover every exposed ad.
     """
-    revenue = 0.0
-    for ad_id in report.exposed_ids:
-        if ad_id not in bids or ad_id not in ctr:
-            raise KeyError(f"exposed ad {ad_id!r} needs both a bid and a ctr value")
-        revenue += float(bids[ad_id]) * float(ctr[ad_id])
-    return revenue - lam * format_penalty(report, config)
+    return net_reward(exposure_revenue(report.exposed_ids, bids, ctr),
+                      format_penalty(report, config), lam)

@@ -116,7 +116,7 @@ def myerson_payment(allocation: Callable[[np.ndarray], np.ndarray] | Callable[[f
     `allocation` maps a bid to the expected allocation (e.g. ITCTR); it is called on an array of
     `points` bids in [0, b] when it accepts one, else once per point. The allocation must be
     non-decreasing for the payment to make truthful bidding optimal; a non-monotone curve still
-    gives a number, but not an incentive-compatible one (check with `monotonicity_violations`).
+    gives a number, but not an incentive-compatible one (`analysis.violation_rate` checks).
     Exact for piecewise-linear curves on the grid: x(b) = b/100 gives b^2/200.
     """
     if bid <= 0:
@@ -131,10 +131,3 @@ def myerson_payment(allocation: Callable[[np.ndarray], np.ndarray] | Callable[[f
     area = float(np.sum((values[1:] + values[:-1]) * np.diff(grid)) / 2.0)
     return float(bid) * float(values[-1]) - area
 
-
-def monotonicity_violations(values: Sequence[float], tol: float = 0.0) -> float:
-    """Share of consecutive pairs of an allocation curve (ordered by bid) that decrease."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return 0.0
-    return float(np.mean(np.diff(v) < -tol))

@@ -18,13 +18,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmauction_sim.config import RunConfig
+from llmauction_sim.learning.dpo import run_dpo_phase
+from llmauction_sim.manifest import write_json
+from llmauction_sim.paths import accelerate_config
+
 METRICS = "dpo_metrics.json"
 
 
 def launch_command(config, pairs: Path, model: str, adapter: str | None, out: Path) -> list[str]:
     """The `accelerate launch` command line of one DPO phase."""
-    from llmauction_sim.paths import accelerate_config
-
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(accelerate_config(config.dpo.launcher))]
     if config.dpo.num_processes:
@@ -37,8 +40,6 @@ def launch_command(config, pairs: Path, model: str, adapter: str | None, out: Pa
 def launch_dpo_phase(config, pairs: Path, model: str, adapter: str | None, out: Path) -> dict:
     """Run the phase under `accelerate launch`; the adapter or model goes to OUT, its metrics are
     returned. Raises RuntimeError (with the log's tail) when the launch fails."""
-    from llmauction_sim.manifest import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.to_dict())
     command = launch_command(config, pairs, model, adapter, out)
@@ -57,8 +58,6 @@ def main(argv=None) -> int:
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmauction_sim.config import RunConfig
-    from llmauction_sim.learning.dpo import run_dpo_phase
     from llmauction_sim.lm.registry import resolve_model
 
     parser = argparse.ArgumentParser(description="one IRPO DPO phase (run by accelerate launch)")

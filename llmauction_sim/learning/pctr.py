@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from llmauction_sim.config import PctrConfig
+from llmauction_sim.lm.encoder import load_encoder
 
 #: Columns a click log must have; `split` is optional ("train" rows train, the others are held out).
 CLICK_LOG_COLUMNS = ("user_id", "ad_id", "query", "response", "clicked")
@@ -148,8 +149,6 @@ class PctrModel:
     @property
     def encoder(self):
         if self._encoder is None:
-            from llmauction_sim.lm.encoder import load_encoder
-
             self._encoder = load_encoder(self.config.encoder)
         return self._encoder
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llmauction_sim.lm.registry import load_language_model
+
 
 def merged_state_dict(model) -> dict:
     """The weights of `model` with any LoRA adapters added in, under the plain model's names,
@@ -53,8 +55,6 @@ def save_merged(model, tokenizer, folder: Path) -> Path:
 def start_vllm_engine(config) -> Callable[[Path], Any]:
     """`folder -> LanguageModel`: a vLLM engine over the folder, sized by the memory plan."""
     def start(folder: Path):
-        from llmauction_sim.lm.hf import load_language_model
-
         model_config = dataclasses.replace(config.ad_llm, name=str(folder), adapter=None)
         return load_language_model(model_config, seed=config.seed, run_config=config)
     return start

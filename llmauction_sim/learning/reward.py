@@ -3,8 +3,9 @@
     R(x, h, a, b, y) = sum over validly inserted ads i of b_i * pctr_i(x, h, a_i, y)
                        - lambda * s_resp(y),          lambda = 1
 
-Valid insertions and s_resp come from `domain.mentions` (`validate_response`, `format_penalty`);
-pCTRs from one batched `predict` call of the pCTR reward model over every (response, exposed ad).
+R itself is `domain.mentions` (`exposure_revenue`, `net_reward`; valid insertions and s_resp from
+`validate_response` and `format_penalty`); pCTRs come from one batched `predict` call of the pCTR
+reward model over every (response, exposed ad).
 The `oracle` variant puts the realised clicks (0/1) in place of the pCTRs.
 """
 
@@ -16,7 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmauction_sim.config import PenaltyConfig
-from llmauction_sim.domain.mentions import MentionReport, format_penalty, validate_response
+from llmauction_sim.domain.mentions import (
+    MentionReport,
+    exposure_revenue,
+    format_penalty,
+    net_reward,
+    validate_response,
+)
 
 REWARD_KINDS = ("pctr", "oracle")
 
@@ -49,10 +56,10 @@ def _combine(requests, reports, ctrs, penalty: PenaltyConfig, lam: float
              ) -> list[RewardBreakdown]:
     out = []
     for req, report, ctr in zip(requests, reports, ctrs):
-        revenue = sum(float(req.bids[i]) * float(ctr[i]) for i in report.exposed_ids)
+        revenue = exposure_revenue(report.exposed_ids, req.bids, ctr)
         s_resp = format_penalty(report, penalty)
-        out.append(RewardBreakdown(revenue - lam * s_resp, revenue, s_resp, report.exposed_ids,
-                                   dict(ctr), report))
+        out.append(RewardBreakdown(net_reward(revenue, s_resp, lam), revenue, s_resp,
+                                   report.exposed_ids, dict(ctr), report))
     return out
 
 

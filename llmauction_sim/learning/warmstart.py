@@ -25,6 +25,12 @@ import numpy as np
 
 from llmauction_sim.config import DpoConfig, WarmStartConfig
 from llmauction_sim.domain.mentions import render_mention
+from llmauction_sim.learning.dpo import compact_fused_head
+from llmauction_sim.lm.base import SamplingParams
+from llmauction_sim.lm.devices import cpu_supports_bf16
+from llmauction_sim.lm.prompts import ad_llm_messages, plain_answer_messages
+from llmauction_sim.mechanisms.pretrained import SinglePassMechanism
+from llmauction_sim.statistics import clustered_spearman, ratio_interval, wilson
 
 # Sentences that carry the inserted mention; {m} is the markup, {d} the ad's description.
 TEMPLATES = (
@@ -82,8 +88,6 @@ def build_examples(requests, answers: Sequence[str], ads_per_answer: int,
     """Pair each request's prompt with `answers[k]` plus `ads_per_answer` mentions of candidates
     drawn uniformly without replacement (bids play no part in the draw), or, with probability
     `no_ad_rate`, with no mention."""
-    from llmauction_sim.lm.prompts import ad_llm_messages
-
     out = []
     for r, answer in zip(requests, answers):
         k = min(ads_per_answer, len(r.candidates))
@@ -112,8 +116,6 @@ def run_sft(model, tokenizer, examples: Sequence[WarmStartExample], config: Warm
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
-
-    from llmauction_sim.learning.dpo import compact_fused_head
 
     if not examples:
         raise ValueError("the warm start got no examples: set warmstart.queries >= 1 (or 0 to "
@@ -161,8 +163,6 @@ def run_sft(model, tokenizer, examples: Sequence[WarmStartExample], config: Warm
 def _native_bf16() -> bool:
     import torch
 
-    from llmauction_sim.lm.devices import cpu_supports_bf16
-
     return torch.cuda.is_available() or cpu_supports_bf16()
 
 
@@ -188,8 +188,6 @@ def gate_report(requests, allocations, first_mention_tokens: Sequence[int | None
     mention comes, and whether the choice of ads is independent of the bids (the share of
     exposures that go to the top-bid candidate, against chance, and the Spearman correlation of
     exposure with bid, each with a 95% interval that must contain the bid-blind value)."""
-    from llmauction_sim.statistics import clustered_spearman, ratio_interval, wilson
-
     n = len(allocations)
     mentioned = [bool(a.exposed_ids) for a in allocations]
     errors = sum(a.report.has_format_error for a in allocations)
@@ -229,9 +227,6 @@ def own_answers(lm, requests, sampling, rng: np.random.Generator,
                 max_new_tokens: int = 72) -> list[str]:
     """The policy's own answers to the requests' questions, asked without the ad list
     (`plain_answer_messages`), one per request, in one batched call."""
-    from llmauction_sim.lm.base import SamplingParams
-    from llmauction_sim.lm.prompts import plain_answer_messages
-
     params = [SamplingParams.from_config(sampling, max_new_tokens=max_new_tokens, seed=int(s))
               for s in rng.integers(0, 2**63, len(requests))]
     return [row[0].text for row in lm.generate([plain_answer_messages(r.query)
@@ -254,8 +249,6 @@ def evaluate_gate(config, policy_lm, requests, catalog_ids, rng: np.random.Gener
                   thresholds: GateThresholds = GateThresholds()) -> dict:
     """`gate_report` of a policy answering `requests` in one pass (the `llm_auction` mechanism
     with the run's prompt and sampling)."""
-    from llmauction_sim.mechanisms.pretrained import SinglePassMechanism
-
     mechanism = SinglePassMechanism("llm_auction", policy_lm, config.ad_sampling, config.penalty,
                                     catalog_ids, config.ad_prompt)
     allocations = mechanism.allocate(requests, rng)

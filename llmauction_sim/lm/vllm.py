@@ -22,6 +22,8 @@ from llmauction_sim.lm.base import (
     expand_params,
     sample_seeds,
 )
+from llmauction_sim.lm.memory import vllm_engine_args
+from llmauction_sim.lm.registry import resolve_model
 
 
 def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int):
@@ -151,8 +153,6 @@ def _engine(name: str, dtype: str, adapter: str | None,
     except ImportError as exc:
         raise RuntimeError("backend = 'vllm' needs vLLM on a GPU machine: pip install "
                            "'llmauction-sim[gpu]' (or use backend = 'transformers')") from exc
-    from llmauction_sim.lm.registry import resolve_model
-
     if adapter:
         raise ValueError("backend = 'vllm' does not load PEFT adapters here; merge the adapter "
                          "into a checkpoint (peft merge_and_unload) and set the model name to it")
@@ -165,8 +165,13 @@ def _engine(name: str, dtype: str, adapter: str | None,
     return llm, vllm
 
 
-def load_vllm_model(config, seed: int = 0, engine_args: dict | None = None) -> VLLMModel:
-    """`engine_args`: `gpu_memory_utilization` and `max_model_len` (`memory.vllm_engine_args`)."""
+def load_vllm_model(config, seed: int = 0, run_config=None,
+                    engine_args: dict | None = None) -> VLLMModel:
+    """The vLLM backend's `LanguageModel` for a `ModelConfig`. `engine_args`
+    (`gpu_memory_utilization`, `max_model_len`) default to the memory plan of `run_config` (the
+    RunConfig it belongs to; `memory.vllm_engine_args`), or to vLLM's own without one."""
+    if engine_args is None and run_config is not None:
+        engine_args = vllm_engine_args(run_config, config)
     engine_args = engine_args or {}
     llm, vllm = _engine(config.name, config.dtype, config.adapter,
                         engine_args.get("gpu_memory_utilization"),

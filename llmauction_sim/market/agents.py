@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import mesa
 import numpy as np
 
+from llmauction_sim.classic.bidding import CLASSIC_POLICIES, parse_population
+from llmauction_sim.config import ConfigError
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.users import UserProfile
 from llmauction_sim.mechanisms.base import Allocation, AuctionRequest, Mechanism
@@ -34,27 +36,45 @@ class AuctionOutcome:
     value: float
 
 
-class BidPolicy(Protocol):
-    name: str
+class BidPolicy:
+    """Base class of advertisers' bid policies: subclass it, implement `bid`, register a factory.
+
+    Every hook the market calls is declared here with its default (a policy that does not learn
+    overrides only `bid`). Per auction: `bid`, then `observe` with the outcome; once per round:
+    `end_round`. A policy with a `grid` of shading factors (bid = factor x value per click) also
+    gets, in surrogate rounds, the value and spend it would have had at every factor
+    (`observe_counterfactual`).
+    """
+
+    name: str = ""
+    description: str = ""  # one line, shown by `bid_policy_descriptions()`
+    config_class: type | None = None  # dataclass of the policy's own settings, if any
+    # Shading factors for counterfactual feedback; None: the policy takes none.
+    grid: np.ndarray | None = None
 
     def bid(self, advertiser: AdvertiserAgent, request_context: Any, rng: np.random.Generator
             ) -> float:
         """The bid for one auction the advertiser's ad is a candidate in."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must implement bid()")
 
     def observe(self, advertiser: AdvertiserAgent, outcome: AuctionOutcome) -> None:
-        """Feedback after the auction (learning policies update here)."""
-        ...
+        """Feedback after each auction (learning policies update here or in `end_round`)."""
+
+    def end_round(self, advertiser: AdvertiserAgent) -> None:
+        """Called once after every round, LLM or surrogate."""
+
+    def observe_counterfactual(self, cf_value: np.ndarray, cf_spend: np.ndarray) -> None:
+        """One auction's value and spend at every factor of `grid`, the others' bids fixed."""
 
     def state(self) -> dict:
         """JSON-serialisable learning state, for checkpoints."""
-        ...
+        return {}
 
     def load_state(self, state: dict) -> None:
-        ...
+        """Restore what `state` returned."""
 
 
-class UniformPerQuery:
+class UniformPerQuery(BidPolicy):
     """The paper's bids: an integer drawn uniformly from [low, high] for every query."""
 
     name = "uniform_per_query"
@@ -65,17 +85,8 @@ class UniformPerQuery:
     def bid(self, advertiser, request_context, rng):
         return float(rng.integers(self.low, self.high + 1))
 
-    def observe(self, advertiser, outcome):
-        pass
 
-    def state(self):
-        return {}
-
-    def load_state(self, state):
-        pass
-
-
-class FixedBid:
+class FixedBid(BidPolicy):
     """One bid per ad, drawn once (integer in [low, high]) and kept for the whole run."""
 
     name = "fixed"
@@ -86,9 +97,6 @@ class FixedBid:
     def bid(self, advertiser, request_context, rng):
         return self.value
 
-    def observe(self, advertiser, outcome):
-        pass
-
     def state(self):
         return {"value": self.value}
 
@@ -97,26 +105,54 @@ class FixedBid:
 
 
 # A factory gets the market config, the advertiser's private value and a Generator for its own
-# one-off draws; the registry is how later policies (value/utility maximizers) join.
-BID_POLICIES: Registry[Callable[..., BidPolicy]] = Registry("bid policy",
-                                                            "config: market.bidding")
-BID_POLICIES.register("uniform_per_query",
-                      lambda market, value, rng: UniformPerQuery(market.bid_low, market.bid_high))
+# one-off draws. Short names (vm, um) are the classic policies' alias table, shared.
+BID_POLICIES: Registry[Callable[..., BidPolicy]] = Registry(
+    "bid policy", "config: market.bidding", aliases=CLASSIC_POLICIES.aliases, error=ConfigError,
+    group="llmauction_sim.bid_policies")
+BID_POLICIES.register(
+    "uniform_per_query", lambda market, value, rng: UniformPerQuery(market.bid_low, market.bid_high),
+    "the paper's bids: an integer uniform in [bid_low, bid_high] for every query")
 BID_POLICIES.register("fixed", lambda market, value, rng: FixedBid(
-    rng.integers(market.bid_low, market.bid_high + 1)))
+    rng.integers(market.bid_low, market.bid_high + 1)),
+    "one integer bid per ad in [bid_low, bid_high], drawn once and kept")
 
 
-def register_bid_policy(name: str, factory: Callable[..., BidPolicy]) -> None:
-    """Register `factory(market_config, value_per_click, rng) -> BidPolicy` under `name`."""
-    BID_POLICIES.register(name, factory)
+def register_bid_policy(name: str, factory: Callable[..., BidPolicy],
+                        description: str | None = None, *, config_class: type | None = None,
+                        replace: bool = False) -> None:
+    """Register `factory(market_config, value_per_click, rng) -> BidPolicy` under `name`.
+
+    `description` is one line (default: the factory's `description` attribute or docstring);
+    `config_class` the dataclass of its own settings; a taken name needs `replace=True`.
+    """
+    BID_POLICIES.register(name, factory, description, config_class=config_class,
+                          replace=replace)
 
 
 def bid_policy_names() -> list[str]:
     return BID_POLICIES.names()
 
 
+def bid_policy_descriptions() -> dict[str, str]:
+    """{name: one-line description} of every registered bid policy."""
+    return BID_POLICIES.describe()
+
+
+def check_bidding(spec: str) -> None:
+    """Check `market.bidding`: one registered name (or alias) or a population like
+    ``"vm:50,um:50"``; raises ConfigError naming the choices."""
+    if ":" in spec:
+        parse_population(spec)
+    else:
+        BID_POLICIES.canonical(spec)
+
+
 def make_bid_policy(name: str, market_config, value: float, rng: np.random.Generator) -> BidPolicy:
-    return BID_POLICIES.get(name)(market_config, value, rng)
+    policy = BID_POLICIES.get(name)(market_config, value, rng)
+    if not isinstance(policy, BidPolicy):
+        raise TypeError(f"bid policy {name!r} built a {type(policy).__name__}; bid policies "
+                        "subclass llmauction_sim.BidPolicy")
+    return policy
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmauction_sim.classic.bidding import parse_population
 from llmauction_sim.config import ConfigError, RunConfig
-from llmauction_sim.domain.bidding import parse_population
-from llmauction_sim.runfolder import atomic_json, atomic_parquet
+from llmauction_sim.domain.catalog import load_catalog
+from llmauction_sim.market.joint import run_joint
+from llmauction_sim.market.run import simulate
+from llmauction_sim.runfolder import atomic_json, atomic_parquet, open_run_folder
 
 
 def market_config(config: RunConfig, mechanism: str, advertisers: str, rounds: int) -> RunConfig:
@@ -38,34 +41,26 @@ def run_market_equilibrium(config: RunConfig, out: str | Path, *, resume: bool =
     """Run the market of `market_config(...)` into OUT/market; write OUT/rounds.parquet and
     OUT/summary.json; return the summary. With `market.rounds_per_epoch` > 0 the Ad-LLM is
     retrained by IRPO inside the market (market/joint.py)."""
-    from llmauction_sim.runfolder import open_run_folder
-
     out = Path(out)
-    catalog = resources.pop("catalog", None)
-    population_catalog(config, catalog)  # a population the catalog cannot seat fails here
+    # A population the catalog cannot seat fails here, before the run folder is opened.
+    entries, sub = population_catalog(config, resources.pop("catalog", None))
     with open_run_folder(out, "equilibrium", inputs={"data": config.market.data},
                          resume=resume) as folder:
         folder.started(config)
         if config.market.rounds_per_epoch:
-            from llmauction_sim.market.joint import run_joint
-
-            summary = run_joint(config, out, catalog, resume=resume, progress=progress,
-                                **resources)
+            joint = run_joint(config, out, sub, population_types(entries), resume=resume,
+                              progress=progress, **resources)
         else:
-            from llmauction_sim.market import simulate
-
-            entries, sub = population_catalog(config, catalog)
             simulate(config, out / "market", resume=resume, progress=progress, catalog=sub,
                      **resources)
-            summary = write_outputs(config, out, entries, sub)
+            joint = {}
+        summary = write_outputs(config, out, entries, sub, **joint)
         folder.finished()
     return summary
 
 
 def population_catalog(config: RunConfig, catalog=None):
     """(population entries, the catalog cut to the population's size)."""
-    from llmauction_sim.domain.catalog import load_catalog
-
     entries = parse_population(config.market.bidding)
     size = sum(e.num_copies for e in entries)
     catalog = catalog or load_catalog(config.data.catalog)

@@ -26,7 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmauction_sim.clicks.base import make_judge
 from llmauction_sim.config import ConfigError, RunConfig
+from llmauction_sim.learning.irpo import (
+    EPOCHS,
+    MARKET_LOG,
+    PHASES,
+    STATE,
+    advance,
+    ensure_data,
+    open_irpo,
+)
+from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
+from llmauction_sim.market.run import simulate
 from llmauction_sim.runfolder import atomic_parquet
 from llmauction_sim.tables import read_query_log, write_query_log
 
@@ -47,8 +59,6 @@ def check_joint(config: RunConfig) -> None:
 def joint_data(config: RunConfig, out: Path) -> Path:
     """market.data when set, else a build in OUT/data with a fresh training query for every
     market round's query and enough test queries for IRPO's evaluations."""
-    from llmauction_sim.learning.irpo import ensure_data
-
     market = config.market
     train = max(config.irpo.train_queries, market.steps * market.queries_per_step)
     return ensure_data(config.with_overrides([f"irpo.train_queries={train}"]), out, market.data)
@@ -64,18 +74,15 @@ def _block_log(market_dir: Path, first: int, last: int) -> pd.DataFrame:
                       for t in range(first, last + 1)], ignore_index=True)
 
 
-def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool = False,
-              progress: bool = True, judge=None, retriever=None, **irpo_resources) -> dict:
-    """Run the joint schedule (module doc); the advertisers are `catalog`'s (default: the
-    configured one's) first ads, as many as the population; return the summary.
+def run_joint(config: RunConfig, out: str | Path, sub, types: list[str], *,
+              resume: bool = False, progress: bool = True, judge=None, retriever=None,
+              **irpo_resources) -> dict:
+    """Run the joint schedule (module doc) with the advertisers of catalog `sub`, the i-th of type
+    `types[i]`; write OUT/blocks.parquet and return the summary's joint entries (rounds per
+    epoch, IRPO epochs, blocks). The caller writes the summary (market/equilibrium.py).
 
     `judge` and `retriever` are shared by both halves (default: built from `config`);
     `irpo_resources` go to `open_irpo` (model, tokenizer, make_lm, pctr_encoder)."""
-    from llmauction_sim.clicks.base import make_judge
-    from llmauction_sim.learning.irpo import STATE, open_irpo
-    from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-    from llmauction_sim.market.equilibrium import population_catalog
-
     check_joint(config)
     out = Path(out)
     if not resume and (out / "market" / "config.json").is_file():
@@ -85,7 +92,6 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
     epochs = (steps - 1) // k
     data = joint_data(config, out)
     config = config.with_overrides([f"market.data={data}"])
-    entries, sub = population_catalog(config, catalog)
     retriever = retriever or CandidateRetriever(
         sub, load_encoder(config.retrieval.encoder), config.retrieval.num_candidates,
         config.retrieval.profile_weight)
@@ -95,18 +101,14 @@ def run_joint(config: RunConfig, out: str | Path, catalog=None, *, resume: bool 
     run = open_irpo(config, irpo_dir, resume=(irpo_dir / STATE).is_file(), progress=progress,
                     data=data, catalog=sub, retriever=retriever, judge=judge, **irpo_resources)
     try:
-        return _run_blocks(run, config, out, entries, sub, k, steps, epochs, retriever, judge,
+        return _run_blocks(run, config, out, sub, types, k, steps, epochs, retriever, judge,
                            progress)
     finally:
         run.close()
 
 
-def _run_blocks(run, config: RunConfig, out: Path, entries, sub, k: int, steps: int,
+def _run_blocks(run, config: RunConfig, out: Path, sub, types: list[str], k: int, steps: int,
                 epochs: int, retriever, judge, progress: bool) -> dict:
-    from llmauction_sim.learning.irpo import EPOCHS, MARKET_LOG, PHASES, advance
-    from llmauction_sim.market import simulate
-    from llmauction_sim.market.equilibrium import population_types, write_outputs
-
     irpo_dir, market_dir = out / "irpo", out / "market"
     advance(run, 0)
     for block in range(epochs + 1):
@@ -124,12 +126,10 @@ def _run_blocks(run, config: RunConfig, out: Path, entries, sub, k: int, steps: 
                      resume=(market_dir / "config.json").is_file(), progress=progress,
                      catalog=sub, retriever=retriever, judge=judge, ad_lm=run.lm)
     held_out = pd.read_parquet(irpo_dir / EPOCHS)
-    blocks = block_table(out, k, held_out,
-                         dict(zip(sub.ids, population_types(entries))))
+    blocks = block_table(out, k, held_out, dict(zip(sub.ids, types)))
     atomic_parquet(blocks, out / "blocks.parquet")
-    return write_outputs(config, out, entries, sub, rounds_per_epoch=k, irpo_epochs=epochs,
-                         blocks=blocks.astype(object).where(blocks.notna(), None)
-                         .to_dict("records"))
+    return {"rounds_per_epoch": k, "irpo_epochs": epochs,
+            "blocks": blocks.astype(object).where(blocks.notna(), None).to_dict("records")}
 
 
 def block_table(out: Path, k: int, held_out: pd.DataFrame, types: dict) -> pd.DataFrame:

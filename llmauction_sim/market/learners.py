@@ -1,4 +1,4 @@
-"""Learning advertisers in the LLM market: the classic-auction learners of `domain.bidding`
+"""Learning advertisers in the LLM market: the classic-auction learners of `classic.bidding`
 (value maximizers pacing an ROI target, utility maximizers learning a shading factor) behind the
 market's per-advertiser `BidPolicy`.
 
@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmauction_sim.config import ConfigError
-from llmauction_sim.domain.bidding import (
+from llmauction_sim.classic.bidding import (
     BiddingPolicy,
     RoundFeedback,
     default_grid,
     make_policy,
     parse_population,
 )
-from llmauction_sim.market.agents import BID_POLICIES, AuctionOutcome
+from llmauction_sim.config import ConfigError
+from llmauction_sim.market.agents import BID_POLICIES, AuctionOutcome, BidPolicy
 
 
-class LearningBidder:
+class LearningBidder(BidPolicy):
+    """A classic learner (`classic.bidding`) bidding for one advertiser in the LLM market."""
+
     def __init__(self, policy: BiddingPolicy, low: float, high: float):
         self.policy = policy
         self.name = policy.type_name
@@ -99,8 +101,11 @@ def _learner(kind: str, params: dict | None = None):
     return factory
 
 
-for _name in ("value_maximizer", "utility_maximizer", "truthful"):
-    BID_POLICIES.register(_name, _learner(_name))
+for _name, _description in (
+        ("value_maximizer", "learner (vm): most value with ROI >= tau, pacing a bid multiplier"),
+        ("utility_maximizer", "learner (um): most value - spend, learning a shading factor"),
+        ("truthful", "bids its value per click (clipped to the bid range)")):
+    BID_POLICIES.register(_name, _learner(_name), _description)
 
 
 def population_factories(spec: str, num_ads: int) -> list:

@@ -16,14 +16,22 @@ import mesa
 import numpy as np
 import pandas as pd
 
-from llmauction_sim.clicks.base import ClickRequest, make_judge
+from llmauction_sim.clicks.base import make_judge
 from llmauction_sim.config import RunConfig
 from llmauction_sim.domain.catalog import Catalog, load_catalog
 from llmauction_sim.domain.users import profiles_from_frame
 from llmauction_sim.lm.encoder import CandidateRetriever, load_encoder
-from llmauction_sim.market.agents import AdvertiserAgent, AuctioneerAgent, UserAgent, make_bid_policy
+from llmauction_sim.market.agents import (
+    AdvertiserAgent,
+    AuctioneerAgent,
+    AuctionOutcome,
+    UserAgent,
+    make_bid_policy,
+)
 from llmauction_sim.market.learners import population_factories
+from llmauction_sim.market.surrogate import AllocationSurrogate, auctions_from_log
 from llmauction_sim.mechanisms import AuctionRequest, make_mechanism
+from llmauction_sim.rounds import MARKET_COLUMNS, play_round, query_row
 
 # independent seed streams: advertiser setup, rounds, surrogate rounds
 _VALUES_STREAM, _ROUND_STREAM, _SURROGATE_STREAM = 1, 2, 3
@@ -135,54 +143,27 @@ class AdMarket(mesa.Model):
             bids = {ad.id: self.advertisers[ad.id].place_bid(text, rng) for ad in cands}
             requests.append(AuctionRequest(qid, user.profile, text, tuple(cands), bids))
         t1 = time.perf_counter()
-        allocations = self.auctioneer.allocate(requests, rng)
-        t2 = time.perf_counter()
-        decisions = self.judge.judge(
-            [ClickRequest(r.profile, r.query, a.response,
-                          tuple(self.catalog.by_id(i) for i in a.exposed_ids), a.report.valid)
-             for r, a in zip(requests, allocations)], rng)
-        t3 = time.perf_counter()
+        played = play_round(self.auctioneer, self.judge, self.catalog, requests, rng,
+                            pay=self.auctioneer.charge)
 
         self.round_records = []
-        for (user, qid, text), request, alloc, decision in zip(asked, requests, allocations,
-                                                                decisions):
-            exposed = alloc.exposed_ids
-            clicked = tuple(c for c in decision.clicked if c in exposed)
-            payments = self.auctioneer.charge(request, alloc, clicked)
-            for ad in request.candidates:
-                self.advertisers[ad.id].settle(request.bids[ad.id], ad.id in exposed,
-                                               int(ad.id in clicked), payments.get(ad.id, 0.0))
+        for (user, _, _), outcome in zip(asked, played.outcomes):
+            exposed, clicked = outcome.allocation.exposed_ids, outcome.clicked
+            for ad in outcome.request.candidates:
+                self.advertisers[ad.id].settle(outcome.request.bids[ad.id], ad.id in exposed,
+                                               int(ad.id in clicked),
+                                               outcome.payments.get(ad.id, 0.0))
             user.clicks += len(clicked)
-            revenue = float(sum(payments.values()))
-            self.round_records.append({
-                "step": self.steps,
-                "query_id": qid,
-                "user_id": user.profile.user_id,
-                "query": text,
-                "response": alloc.response,
-                "candidates": [ad.id for ad in request.candidates],
-                "bids": dict(request.bids),
-                "exposed": list(exposed),
-                "clicked": list(clicked),
-                "click_probabilities": dict(decision.probabilities),
-                "revenue": revenue,
-                "format_penalty": alloc.penalty,
-                # Paper's R with the realised clicks standing in for pCTR (no reward model yet).
-                "reward": revenue - alloc.penalty,
-                "format_errors": alloc.report.num_errors,
-                "format_error_kinds": {k: v for k, v in alloc.report.error_counts().items()
-                                       if v},
-                "judge_malformed": bool(decision.malformed),
-            })
+            self.round_records.append(query_row(outcome, MARKET_COLUMNS, step=self.steps))
         for advertiser in self.advertisers.values():  # learners update once per round
-            end_round = getattr(advertiser.policy, "end_round", None)
-            if end_round is not None:
-                end_round(advertiser)
+            advertiser.policy.end_round(advertiser)
         self.history.append(pd.DataFrame(self.round_records))
         t4 = time.perf_counter()
         self.surrogate_rounds_run = self.run_surrogate_rounds()
-        for key, seconds in (("retrieve_and_bid", t1 - t0), ("allocate", t2 - t1),
-                             ("judge", t3 - t2), ("surrogate", time.perf_counter() - t4)):
+        for key, seconds in (("retrieve_and_bid", t1 - t0),
+                             ("allocate", played.seconds["allocate"]),
+                             ("judge", played.seconds["judge"]),
+                             ("surrogate", time.perf_counter() - t4)):
             self.timings[key] = self.timings.get(key, 0.0) + seconds
         self.datacollector.collect(self)
 
@@ -191,9 +172,6 @@ class AdMarket(mesa.Model):
         round so far (to the current Ad-LLM's rounds when `market.rounds_per_epoch` retrains it;
         market/surrogate.py); returns how many ran (0 before any ad was exposed).
         Their outcomes reach the bid policies only; the advertisers' totals count LLM rounds."""
-        from llmauction_sim.market.agents import AuctionOutcome
-        from llmauction_sim.market.surrogate import AllocationSurrogate, auctions_from_log
-
         market = self.config.market
         if not market.surrogate_rounds:
             return 0
@@ -224,7 +202,7 @@ class AdMarket(mesa.Model):
                 agent, bid, c = agents[ads[i, j]], float(bids[i, j]), int(clicked[i, j])
                 agent.policy.observe(agent, AuctionOutcome(bid, bool(exposed[i, j]), c, bid * c,
                                                            agent.value_per_click * c))
-                if hasattr(agent.policy, "observe_counterfactual"):
+                if agent.policy.grid is not None:
                     cf_bids = np.clip(agent.policy.grid * agent.value_per_click,
                                       market.bid_low, market.bid_high)
                     trial = np.repeat(bids[i:i + 1], len(cf_bids), axis=0)
@@ -234,9 +212,7 @@ class AdMarket(mesa.Model):
                     agent.policy.observe_counterfactual(agent.value_per_click * clicks,
                                                         cf_bids * clicks)
             for agent in agents:
-                end_round = getattr(agent.policy, "end_round", None)
-                if end_round is not None:
-                    end_round(agent)
+                agent.policy.end_round(agent)
         return market.surrogate_rounds
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -17,18 +17,22 @@ before that leaves nothing that blocks the retry.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
 from llmauction_sim.config import RunConfig
+from llmauction_sim.data import build_just_enough, load_dataset
 from llmauction_sim.lm.encoder import MemoLog
 from llmauction_sim.manifest import environment, write_json
+from llmauction_sim.market.model import AdMarket
+from llmauction_sim.rounds import summarize
 from llmauction_sim.runfolder import RunFolder, RunFolderError, atomic_parquet, open_run_folder
 from llmauction_sim.runfolder import temp_path as _temp_path
 from llmauction_sim.tables import read_query_log, write_query_log
@@ -65,8 +69,6 @@ def _check_same_config(stored: RunConfig, requested: RunConfig, out: Path) -> No
 
 
 def _data_for(config: RunConfig, out: Path, progress: bool, resume: bool):
-    from llmauction_sim.data import build_dataset, load_dataset
-
     if config.market.data:
         return load_dataset(config.market.data)
     if resume and (out / "data" / "queries.parquet").is_file():  # built when this run started
@@ -74,12 +76,10 @@ def _data_for(config: RunConfig, out: Path, progress: bool, resume: bool):
     # Just enough users for the run: every asked query is then a fresh one.
     market, data = config.market, config.data
     share = {"train": 1 - data.test_fraction, "test": data.test_fraction, "all": 1.0}[market.split]
-    needed = math.ceil(market.steps * market.queries_per_step
-                       / data.queries_per_profile / max(share, 1e-9))
-    profiles = min(data.profiles, max(needed, 2))
-    build = config.with_overrides([f"data.profiles={profiles}"])
-    build_dataset(build, out / "data", progress=progress)
-    return load_dataset(out / "data")
+    return load_dataset(build_just_enough(
+        config, out / "data",
+        market.steps * market.queries_per_step / data.queries_per_profile / max(share, 1e-9),
+        progress=progress))
 
 
 def _select_split(profiles: pd.DataFrame, queries: pd.DataFrame, split: str, where: Path | str):
@@ -123,8 +123,6 @@ def _simulate(folder: RunFolder, config: RunConfig, out: Path, resume: bool, pro
         raise RunFolderError(f"{out} already holds a run; pass --resume to continue it or "
                              "choose another --out")
     started = time.time()
-
-    from llmauction_sim.market.model import AdMarket
 
     profiles, queries = _data_for(config, out, progress, resume)
     folder.input("data", config.market.data or out / "data")
@@ -175,29 +173,6 @@ def _gather(state_dir: Path, kind: str, steps: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def summarize(queries: pd.DataFrame) -> dict:
-    """Whole-run metrics from the per-query log (null where undefined, e.g. CTR with no ads)."""
-    exposures = int(queries["exposed"].map(len).sum())
-    clicks = int(queries["clicked"].map(len).sum())
-
-    def mean(series) -> float | None:
-        return float(series.mean()) if len(series) else None
-
-    return {
-        "queries": len(queries),
-        "revenue": float(queries["revenue"].sum()),
-        "revenue_per_query": mean(queries["revenue"]),
-        "reward_per_query": mean(queries["reward"]),
-        "ctr": clicks / exposures if exposures else None,
-        "ads_per_response": mean(queries["exposed"].map(len)),
-        "format_error_rate": mean(queries["format_errors"] > 0),
-        "no_ad_rate": mean(queries["exposed"].map(len) == 0),
-        "judge_malformed_rate": mean(queries["judge_malformed"]),
-        "exposures": exposures,
-        "clicks": clicks,
-    }
-
-
 def finalize(out: Path, config: RunConfig, timings: dict, seconds: float) -> dict:
     """Assemble the per-round parts into the run's tables, summary, plot and manifest."""
     state_dir = out / ".state"
@@ -227,9 +202,6 @@ def finalize(out: Path, config: RunConfig, timings: dict, seconds: float) -> dic
 def metrics_figure(metrics: pd.DataFrame):
     """The reporters over rounds (a matplotlib Figure of its own: no pyplot state, so a notebook
     keeps its inline backend)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     fig = Figure(figsize=(12, 6), layout="constrained")
     axes = fig.subplots(2, 3, sharex=True)
     for ax, name in zip(axes.flat, PLOTTED):

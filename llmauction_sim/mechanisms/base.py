@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -43,33 +42,41 @@ class Allocation:
         return self.report.exposed_ids
 
 
-class Mechanism(Protocol):
-    name: str
+class Mechanism:
+    """Base class of auction mechanisms: subclass it, implement `allocate`, register a factory.
+
+    Every hook the simulator uses is declared here with its default; `payments` charges first
+    price per click (the paper's rule), so most mechanisms only allocate.
+    """
+
+    name: str = ""
+    description: str = ""  # one line, shown by `mechanism_descriptions()`
+    config_class: type | None = None  # dataclass of the mechanism's own settings, if any
+    # Ad-LLM generations per query: the mechanism's cost, reported by `evaluate`.
+    generations_per_query: int = 1
+    # Name of the click model the mechanism's pCTR comes from; None when it uses none.
+    pctr_model: str | None = None
 
     def allocate(self, requests: Sequence[AuctionRequest], rng: np.random.Generator
                  ) -> list[Allocation]:
         """Allocate every request in one batched model call; draws only from `rng`."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__} must implement allocate()")
 
     def payments(self, request: AuctionRequest, allocation: Allocation,
                  clicked: Sequence[str]) -> dict[str, float]:
-        """Payment per ad ID for the realised clicks."""
-        ...
-
-
-class FirstPricePerClick:
-    """Mixin: the paper's payment rule (each click costs the clicked ad its bid)."""
-
-    def payments(self, request: AuctionRequest, allocation: Allocation,
-                 clicked: Sequence[str]) -> dict[str, float]:
+        """Payment per ad ID for the realised clicks: each click on a shown ad costs its bid."""
         exposed = set(allocation.exposed_ids)
         return first_price_per_click(request.bids, [c for c in clicked if c in exposed])
+
+
+class FirstPricePerClick(Mechanism):
+    """A mechanism with the paper's payment rule (each click costs the clicked ad its bid)."""
 
 
 def ad_llm_and_catalog(config, ad_lm=None, catalog=None, model_config=None):
     """The resources every mechanism factory needs, loaded from `config` where not given."""
     from llmauction_sim.domain.catalog import load_catalog
-    from llmauction_sim.lm.hf import load_language_model
+    from llmauction_sim.lm.registry import load_language_model
 
     if ad_lm is None:
         ad_lm = load_language_model(model_config or config.ad_llm, seed=config.seed,
@@ -102,16 +109,26 @@ def policy_lm_and_catalog(config, ad_lm=None, catalog=None):
 
 
 MECHANISMS: Registry[Callable[..., Mechanism]] = Registry(
-    "mechanism", "config: market.mechanism, CLI: --mechanism")
+    "mechanism", "config: market.mechanism, CLI: --mechanism", group="llmauction_sim.mechanisms")
 
 
-def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> None:
-    """Register `factory(config: RunConfig, **resources) -> Mechanism` under `name`."""
-    MECHANISMS.register(name, factory)
+def register_mechanism(name: str, factory: Callable[..., Mechanism], description: str | None = None,
+                       *, config_class: type | None = None, replace: bool = False) -> None:
+    """Register `factory(config: RunConfig, **resources) -> Mechanism` under `name`.
+
+    `description` is one line (default: the factory's `description` attribute or docstring);
+    `config_class` the dataclass of its own settings; a taken name needs `replace=True`.
+    """
+    MECHANISMS.register(name, factory, description, config_class=config_class, replace=replace)
 
 
 def mechanism_names() -> list[str]:
     return MECHANISMS.names()
+
+
+def mechanism_descriptions() -> dict[str, str]:
+    """{name: one-line description} of every registered mechanism."""
+    return MECHANISMS.describe()
 
 
 def check_mechanism(name: str) -> None:

@@ -40,7 +40,8 @@ def _llm_auction(config, *, ad_lm=None, catalog=None, **_):
                                catalog.ids, config.ad_prompt)
 
 
-register_mechanism("llm_auction", _llm_auction)
+register_mechanism("llm_auction", _llm_auction,
+                   "one pass of the IRPO-trained Ad-LLM policy (the paper's mechanism)")
 
 
 def _ranked(config, *, ad_lm=None, catalog=None, **_):
@@ -52,4 +53,5 @@ def _ranked(config, *, ad_lm=None, catalog=None, **_):
                                catalog.ids, config.ad_prompt, rank_by_bid=True)
 
 
-register_mechanism("llm_auction_ranked", _ranked)
+register_mechanism("llm_auction_ranked", _ranked,
+                   "ablation: pi_0 in one pass with the candidates listed by bid")

@@ -7,7 +7,7 @@ Per query: sample M answers from the Ad-LLM in ONE generate call (n = M), score 
 (pCTR from the click model that `mechanisms.pctr_model` names, `pctr_model` on the mechanism,
 inside the actual answer), read log pi_ref(y) with the model's own `score`, and select one
 answer with the self-normalised importance weights for the target pi_ref(y) exp(R(y)/tau)
-(`analysis.mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is the distribution the
+(`mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is the distribution the
 samples came from (ad_sampling's temperature, top-k, top-p; scored by
 `score(..., params)`). With q = pi_ref (T = 1, no truncation) this is softmax(R/tau), and
 `mechanisms.mosaic_correction = "none"` uses softmax(R/tau) whatever q is. As M grows the
@@ -16,7 +16,7 @@ makes the weights uneven (few samples carry the mass), which `effective_samples`
 
 Payments per click: 'first_price' (own bid, the paper's rule) or 'rochet': with the samples held
 fixed, ad i's expected ITCTR x_i(z) as its bid z varies is non-decreasing
-(`analysis.mosaic_allocation_curve`); the Myerson payment p_i = b_i x_i(b_i) - int_0^{b_i} x_i is
+(`mosaic_allocation_curve`); the Myerson payment p_i = b_i x_i(b_i) - int_0^{b_i} x_i is
 charged per click as p_i / x_i(b_i), so its expectation equals p_i.
 """
 
@@ -27,8 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmauction_sim.analysis import mosaic_allocation_curve, mosaic_weights
-from llmauction_sim.domain.mentions import format_penalty, validate_response
+from llmauction_sim.domain.mentions import (
+    exposure_revenue,
+    format_penalty,
+    net_reward,
+    validate_response,
+)
 from llmauction_sim.domain.payments import first_price_per_click, myerson_payment
 from llmauction_sim.lm.base import LanguageModel, SamplingParams, samples_from_model
 from llmauction_sim.lm.prompts import ad_llm_messages
@@ -39,6 +43,55 @@ from llmauction_sim.mechanisms.base import (
     register_mechanism,
 )
 from llmauction_sim.mechanisms.pctr import load_click_model, response_pctr
+
+# ------------------------------------------------------------------------------------------------
+# The selection over M sampled answers (pure numpy)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - np.max(z)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def mosaic_weights(rewards: np.ndarray, tau: float, log_ref: np.ndarray | None = None,
+                   log_proposal: np.ndarray | None = None) -> np.ndarray:
+    """Self-normalised importance weights of M sampled answers for the target pi_ref e^{R/tau}.
+
+    With answers y_1..y_M drawn from a proposal q, the target p*(y) proportional to
+    pi_ref(y) exp(R(y)/tau) is approximated by the weighted sample with
+    w_j proportional to p*(y_j) / q(y_j) = exp(R(y_j)/tau + log pi_ref(y_j) - log q(y_j)).
+    When the answers are drawn from pi_ref itself (q = pi_ref) the ratio is 1 and the weights are
+    softmax(R/tau) over the samples; that is the default (both log arguments None).
+    Selecting y_j with probability w_j converges to p* as M grows (self-normalised importance
+    sampling is consistent).
+    """
+    logits = np.asarray(rewards, np.float64) / float(tau)
+    if log_ref is not None:
+        logits = logits + np.asarray(log_ref, np.float64)
+    if log_proposal is not None:
+        logits = logits - np.asarray(log_proposal, np.float64)
+    return softmax(logits)
+
+
+def mosaic_allocation_curve(rewards: np.ndarray, ctr_i: np.ndarray, bid_i: float, tau: float,
+                            grid: np.ndarray, log_ratio: np.ndarray | None = None) -> np.ndarray:
+    """Expected ITCTR of ad i as its bid moves over `grid`, the samples held fixed.
+
+    Rewards are linear in b_i: R_j(z) = R_j + (z - b_i) ctr_ij (ctr_ij = 0 where i is not in y_j),
+    so x_i(z) = sum_j w_j(z) ctr_ij is non-decreasing in z: the selection is monotone, and the
+    Myerson payment of this curve is MOSAIC's Rochet-style payment for the given samples.
+    """
+    ctr_i = np.asarray(ctr_i, np.float64)
+    base = np.asarray(rewards, np.float64) - bid_i * ctr_i
+    logits = (base[None, :] + np.asarray(grid, np.float64)[:, None] * ctr_i[None, :]) / tau
+    if log_ratio is not None:
+        logits = logits + np.asarray(log_ratio, np.float64)[None, :]
+    logits -= logits.max(axis=1, keepdims=True)
+    w = np.exp(logits)
+    w /= w.sum(axis=1, keepdims=True)
+    return w @ ctr_i
 
 
 @dataclass(frozen=True)
@@ -117,8 +170,10 @@ class MosaicMechanism:
         for q, r in enumerate(requests):
             sl = slice(q * m, (q + 1) * m)
             allocs, probs = flat_alloc[sl], pctr[sl]
-            rewards = np.array([sum(float(r.bids[i]) * p.get(i, 0.0) for i in a.exposed_ids)
-                                - self.lam * a.penalty for a, p in zip(allocs, probs)])
+            sample_pctr = tuple({i: float(p.get(i, 0.0)) for i in a.exposed_ids}
+                                for a, p in zip(allocs, probs))
+            rewards = np.array([net_reward(exposure_revenue(a.exposed_ids, r.bids, p), a.penalty,
+                                           self.lam) for a, p in zip(allocs, sample_pctr)])
             ratio = log_ratio[sl] if log_ratio is not None else None
             weights = mosaic_weights(rewards, self.tau, ratio)
             j = int(rng.choice(m, p=weights))
@@ -127,8 +182,7 @@ class MosaicMechanism:
                 chosen.response, chosen.report, chosen.penalty, chosen=j,
                 rewards=tuple(map(float, rewards)), weights=tuple(map(float, weights)),
                 log_ref=tuple(map(float, log_ref[sl])),
-                sample_pctr=tuple({i: float(p.get(i, 0.0)) for i in a.exposed_ids}
-                                  for a, p in zip(allocs, probs)), tau=self.tau,
+                sample_pctr=sample_pctr, tau=self.tau,
                 log_ratio=tuple(map(float, ratio)) if ratio is not None else ()))
         return result
 
@@ -171,4 +225,4 @@ def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None,
                            m.mosaic_correction, config.ad_prompt)
 
 
-register_mechanism("mosaic", _mosaic)
+register_mechanism("mosaic", _mosaic, "MOSAIC: post-generation selection among M sampled answers")

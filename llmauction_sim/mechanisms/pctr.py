@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmauction_sim.clicks.base import ClickRequest
+from llmauction_sim.clicks.base import ClickRequest, judge_names, make_judge
+from llmauction_sim.config import ConfigError
 from llmauction_sim.domain.mentions import render_mention
 
 #: The sentence that carries an ad's mention when its pCTR is estimated before generation.
@@ -24,8 +25,6 @@ NO_PROBABILITIES = ("llm",)
 
 
 def _no_probabilities(wanted: str, name: str):
-    from llmauction_sim.config import ConfigError
-
     return ConfigError(
         f"mechanisms.pctr_model = {wanted!r} resolves to the click judge {name!r}, which gives "
         "no click probabilities, so it cannot be the pCTR of mosaic, llm_auction_tilted or "
@@ -51,8 +50,6 @@ def judge_as_pctr(config, judge):
 
     A caller's own judge object (not a registered name) stands for `clicks.judge`.
     """
-    from llmauction_sim.clicks.base import judge_names
-
     if judge is None or not hasattr(judge, "probabilities"):
         return None
     name = getattr(judge, "name", None)
@@ -67,9 +64,6 @@ def load_click_model(config, *, click_model=None, encoder=None, catalog=None, us
     A given `click_model` is used as is, unless it is a registered judge other than the
     configured one: that is refused rather than scored with the wrong model.
     """
-    from llmauction_sim.clicks.base import judge_names, make_judge
-    from llmauction_sim.config import ConfigError
-
     if click_model is not None:
         if not hasattr(click_model, "probabilities"):
             raise TypeError(f"click model {getattr(click_model, 'name', click_model)!r} has no "

@@ -134,4 +134,5 @@ def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=N
                               m.slots, m.slot_weights, m.gsp_payment, config.ad_prompt)
 
 
-register_mechanism("pregen_gsp", _pregen_gsp)
+register_mechanism("pregen_gsp", _pregen_gsp,
+                   "pre-generation slot auction (GSP), then the Ad-LLM writes the winners in")

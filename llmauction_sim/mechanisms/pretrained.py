@@ -60,4 +60,5 @@ def _pretrained(config, *, ad_lm=None, catalog=None, **_):
                                catalog.ids, config.ad_prompt)
 
 
-register_mechanism("pretrained", _pretrained)
+register_mechanism("pretrained", _pretrained,
+                   "one pass of the untrained Ad-LLM with every candidate and bid in its prompt")

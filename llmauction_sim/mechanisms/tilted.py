@@ -225,4 +225,5 @@ def _tilted(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None,
                            m.tilted_lambda)
 
 
-register_mechanism("llm_auction_tilted", _tilted)
+register_mechanism("llm_auction_tilted", _tilted,
+                   "the paper's optimal policy pi_0 exp(R/beta) applied at decoding time")

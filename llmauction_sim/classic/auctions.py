@@ -1,4 +1,4 @@
-"""Classic auction mechanisms, vectorized over a batch of auctions (pure numpy).
+"""Classic auctions, vectorized over a batch of auctions (pure numpy).
 
 A batch holds ``A`` independent auctions with the same ``n`` bidders. Every mechanism here ranks the
 bidders of each auction by their score ``s_ai = b_ai * q_ai`` (bid times quality; quality defaults to
@@ -201,28 +201,37 @@ def gsp(bids, *, ctr=None, quality=None, slot_weights: Sequence[float] = (1.0,),
                      "second")
 
 
-Mechanism = Callable[..., AuctionResult]
+ClassicAuction = Callable[..., AuctionResult]
 
 _PRICING = {"first_price": "first", "second_price": "second", "gsp": "second"}
-CLASSIC_MECHANISMS: Registry[Mechanism] = Registry("classic mechanism")
-for _name, _fn in (("first_price", first_price), ("second_price", second_price), ("gsp", gsp)):
-    CLASSIC_MECHANISMS.register(_name, _fn)
+# Named apart from the LLM market's mechanisms (`mechanisms.register_mechanism`): these are
+# vectorized numpy auctions of `[auctions, bidders]` bids, not allocation rules over text.
+CLASSIC_AUCTIONS: Registry[ClassicAuction] = Registry("classic auction")
+for _name, _fn, _description in (
+        ("first_price", first_price, "rank by bid x quality; each winner pays its own bid per click"),
+        ("second_price", second_price, "one slot; the winner pays the best other score over its "
+         "own quality per click"),
+        ("gsp", gsp, "slot k to the k-th score; its holder pays the next score over its own "
+         "quality per click")):
+    CLASSIC_AUCTIONS.register(_name, _fn, _description)
 
 
-def register_mechanism(name: str, mechanism: Mechanism, pricing: str | None = None) -> None:
-    """Add a classic mechanism under `name`; `pricing` ('first' or 'second') enables counterfactuals."""
-    CLASSIC_MECHANISMS.register(name, mechanism)
+def register_classic_auction(name: str, auction: ClassicAuction, pricing: str | None = None,
+                             description: str | None = None, *, replace: bool = False) -> None:
+    """Add a classic auction under `name`; `pricing` ('first' or 'second') enables counterfactuals;
+    `description` is one line (default: the function's docstring)."""
+    CLASSIC_AUCTIONS.register(name, auction, description, replace=replace)
     if pricing is not None:
         _PRICING[name] = pricing
 
 
-def mechanism_names() -> list[str]:
-    return CLASSIC_MECHANISMS.names()
+def classic_auction_names() -> list[str]:
+    return CLASSIC_AUCTIONS.names()
 
 
-def make_mechanism(name: str) -> Mechanism:
-    """The classic mechanism registered as `name`; a clear error naming the choices otherwise."""
-    return CLASSIC_MECHANISMS.get(name)
+def make_classic_auction(name: str) -> ClassicAuction:
+    """The classic auction registered as `name`; a clear error naming the choices otherwise."""
+    return CLASSIC_AUCTIONS.get(name)
 
 
 def counterfactual_outcomes(mechanism: str, bids, candidate_bids, *, ctr=None, quality=None,

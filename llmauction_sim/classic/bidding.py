@@ -5,7 +5,8 @@ where ``m_i`` is its bid multiplier (its shading factor when ``m_i <= 1``), chos
 updated from the round's outcome. Policies, registered by name (see `make_policy`):
 
 - ``truthful``: ``m = 1`` (bid the value).
-- ``fixed``: a constant shading factor ``m = shading`` or, with ``bid=...``, a constant bid.
+- ``fixed_shading``: a constant shading factor ``m = shading``; ``fixed_bid``: a constant bid
+  ``bid`` per click (not the market's ``fixed`` bid policy, which draws one bid per ad).
 - ``value_maximizer`` (VM): maximizes value ``V = sum v*x`` subject to ``V >= tau * spend`` (target ROI
   tau) and, optionally, ``spend <= budget`` per round. Like an auto-bidder it starts at ``m = 1`` and
   paces the multiplier on the tightest constraint's relative slack
@@ -161,24 +162,35 @@ class BiddingPolicy:
 
 
 class Truthful(BiddingPolicy):
+    """Bids the value per click."""
+
     type_name = "truthful"
 
 
-class Fixed(BiddingPolicy):
-    """A constant shading factor (``shading``) or a constant bid (``bid``) per click."""
+class FixedShading(BiddingPolicy):
+    """A constant shading factor: bids ``shading * value`` per click."""
 
-    type_name = "fixed"
+    type_name = "fixed_shading"
 
-    def __init__(self, num, rng, grid, shading: float = 1.0, bid: float | None = None):
+    def __init__(self, num, rng, grid, shading: float = 1.0):
         super().__init__(num, rng, grid)
-        if shading < 0 or (bid is not None and bid < 0):
-            raise ConfigError("fixed: shading and bid must be >= 0")
+        if shading < 0:
+            raise ConfigError(f"fixed_shading: shading = {shading} must be >= 0")
         self.multiplier = np.full(num, float(shading))
-        self.fixed_bid = None if bid is None else float(bid)
+
+
+class FixedBid(BiddingPolicy):
+    """A constant bid per click, whatever the value (the multiplier stays 1)."""
+
+    type_name = "fixed_bid"
+
+    def __init__(self, num, rng, grid, bid: float):
+        super().__init__(num, rng, grid)
+        if bid < 0:
+            raise ConfigError(f"fixed_bid: bid = {bid} must be >= 0")
+        self.fixed_bid = float(bid)
 
     def bids(self, values):
-        if self.fixed_bid is None:
-            return values * self.multiplier
         return np.full(np.shape(values), self.fixed_bid)
 
 
@@ -333,32 +345,43 @@ class UtilityMaximizer(BiddingPolicy):
 # --------------------------------------------------------------------------------------------------
 
 PolicyFactory = Callable[..., BiddingPolicy]
-POLICIES: Registry[PolicyFactory] = Registry(
-    "bidding policy", error=ConfigError,
+# The market's own `fixed` bid policy (market.agents) draws one bid per ad; here the two constant
+# policies say which constant they hold (fixed_shading, fixed_bid) and there is no plain `fixed`.
+CLASSIC_POLICIES: Registry[PolicyFactory] = Registry(
+    "classic bidding policy", error=ConfigError,
     aliases={"vm": "value_maximizer", "um": "utility_maximizer"})
-for _name, _factory in (("truthful", Truthful), ("fixed", Fixed),
-                        ("value_maximizer", ValueMaximizer),
-                        ("utility_maximizer", UtilityMaximizer)):
-    POLICIES.register(_name, _factory)
+for _name, _factory, _description in (
+        ("truthful", Truthful, "bids the value per click (multiplier 1)"),
+        ("fixed_shading", FixedShading, "a constant shading factor: bids shading x value "
+         "(named apart from the market's `fixed`, one bid per ad drawn once)"),
+        ("fixed_bid", FixedBid, "a constant bid per click, given as bid=..., whatever the value "
+         "(no plain `fixed` here: the market's `fixed` draws its bid)"),
+        ("value_maximizer", ValueMaximizer, "maximizes value s.t. ROI >= tau (and a budget); "
+         "paces a bid multiplier"),
+        ("utility_maximizer", UtilityMaximizer, "maximizes value - payment over shading factors "
+         "(Hedge or best response)")):
+    CLASSIC_POLICIES.register(_name, _factory, _description)
 
 
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Register `factory(num, rng, grid, **params) -> BiddingPolicy` under `name`."""
-    POLICIES.register(name, factory)
+def register_policy(name: str, factory: PolicyFactory, description: str | None = None, *,
+                    replace: bool = False) -> None:
+    """Register `factory(num, rng, grid, **params) -> BiddingPolicy` under `name`; `description`
+    is one line (default: the factory's docstring); a taken name needs `replace=True`."""
+    CLASSIC_POLICIES.register(name, factory, description, replace=replace)
 
 
 def policy_names() -> list[str]:
-    return POLICIES.names()
+    return CLASSIC_POLICIES.names()
 
 
 def canonical_policy_name(name: str) -> str:
-    return POLICIES.canonical(name.strip().lower())
+    return CLASSIC_POLICIES.canonical(name.strip().lower())
 
 
 def make_policy(name: str, num: int = 1, *, rng: np.random.Generator | None = None,
                 grid: np.ndarray | None = None, **params: Any) -> BiddingPolicy:
     """A policy group of `num` advertisers of type `name` (aliases vm, um) with `params`."""
-    factory = POLICIES.get(name.strip().lower())
+    factory = CLASSIC_POLICIES.get(name.strip().lower())
     rng = rng if rng is not None else np.random.default_rng(0)
     grid = default_grid() if grid is None else grid
     try:
