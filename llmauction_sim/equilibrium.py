@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmauction_sim.classic.auctions import CLASSIC_AUCTIONS, classic_auction_names
-from llmauction_sim.classic.equilibrium import config_from_cli
+from llmauction_sim.classic.equilibrium import config_from_cli, run_classic_equilibrium
 from llmauction_sim.classic.equilibrium import format_summary as classic_summary
 from llmauction_sim.config import ConfigError, RunConfig
-from llmauction_sim.sweep import run_classic_equilibrium
 
 DEFAULT_MECHANISM = "first_price"
 

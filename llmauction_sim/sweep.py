@@ -167,7 +167,10 @@ def execute_run(spec: RunSpec, root: str) -> dict:
                 simulate(config, folder, resume=(folder / "config.json").is_file(),
                          progress=False)
             else:
-                from llmauction_sim.classic.equilibrium import EquilibriumConfig
+                from llmauction_sim.classic.equilibrium import (
+                    EquilibriumConfig,
+                    run_classic_equilibrium,
+                )
 
                 config = EquilibriumConfig.from_dict(spec.base).with_overrides(overrides)
                 run_classic_equilibrium(config, folder,
@@ -179,25 +182,6 @@ def execute_run(spec: RunSpec, root: str) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "error.txt").write_text(traceback.format_exc())
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-
-
-def run_classic_equilibrium(config, out: str | Path, resume: bool = False):
-    """`run_from_config` into a checked, locked run folder, after a memory estimate."""
-    from llmauction_sim.classic.bidding import parse_population
-    from llmauction_sim.classic.equilibrium import run_from_config
-    from llmauction_sim.runfolder import check_memory, classic_equilibrium_bytes
-
-    n = sum(e.num_copies for e in parse_population(config.advertisers))
-    check_memory(classic_equilibrium_bytes(n, config.auctions_per_round, config.grid_points),
-                 f"the classic equilibrium with {n:,} advertisers x {config.auctions_per_round:,} "
-                 f"auctions per round x {config.grid_points} grid points",
-                 "use fewer advertisers, auctions per round (--auctions-per-round) or "
-                 "grid_points")
-    with open_run_folder(out, "equilibrium", resume=resume) as folder:
-        folder.started(config)
-        result = run_from_config(config, out=out, resume=resume)
-        folder.finished()
-    return result
 
 
 def _one_thread() -> None:

@@ -51,7 +51,12 @@ from llmauction_sim.classic.bidding import (
 )
 from llmauction_sim.config import ConfigBase, ConfigError, option, section
 from llmauction_sim.manifest import write_json
-from llmauction_sim.runfolder import atomic_parquet
+from llmauction_sim.runfolder import (
+    atomic_parquet,
+    check_memory,
+    classic_equilibrium_bytes,
+    open_run_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -278,6 +283,21 @@ def run_from_config(config: EquilibriumConfig, out: str | Path | None = None, *,
         config.seed, values=config.values, slot_weights=config.slot_weights,
         reserve=config.reserve, ctr_range=(config.ctr_low, config.ctr_high),
         grid=default_grid(config.grid_points, config.grid_max), out=out, resume=resume)
+
+
+def run_classic_equilibrium(config, out: str | Path, resume: bool = False):
+    """`run_from_config` into a checked, locked run folder, after a memory estimate."""
+    n = sum(e.num_copies for e in parse_population(config.advertisers))
+    check_memory(classic_equilibrium_bytes(n, config.auctions_per_round, config.grid_points),
+                 f"the classic equilibrium with {n:,} advertisers x {config.auctions_per_round:,} "
+                 f"auctions per round x {config.grid_points} grid points",
+                 "use fewer advertisers, auctions per round (--auctions-per-round) or "
+                 "grid_points")
+    with open_run_folder(out, "equilibrium", resume=resume) as folder:
+        folder.started(config)
+        result = run_from_config(config, out=out, resume=resume)
+        folder.finished()
+    return result
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from llmauction_sim.clicks.base import (
     ClickDecision,
+    ClickModel,
     ClickRequest,
     keep_one_per_group,
     register_judge,
@@ -85,7 +86,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
-class EmbeddingJudge:
+class EmbeddingJudge(ClickModel):
     """The click model above, vectorized over a whole batch of requests."""
 
     name = "embedding"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from llmauction_sim.clicks.base import ClickDecision, ClickRequest, register_judge
+from llmauction_sim.clicks.base import ClickDecision, ClickJudge, ClickRequest, register_judge
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
 from llmauction_sim.lm.prompts import click_judge_messages
@@ -172,7 +172,7 @@ def parse_click_output(text: str, exposed: Sequence[Ad]) -> ParsedClicks:
                         malformed=malformed, reasons=reasons)
 
 
-class LLMJudge:
+class LLMJudge(ClickJudge):
     """The User-LLM judges each answer with the paper's click prompt; one `generate` per call."""
 
     name = "llm"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmauction_sim.clicks.base import ClickDecision, ClickRequest, register_judge
+from llmauction_sim.clicks.base import ClickDecision, ClickModel, ClickRequest, register_judge
 from llmauction_sim.clicks.llm import load_user_lm
 from llmauction_sim.lm.base import LanguageModel
 from llmauction_sim.lm.prompts import click_question_messages
@@ -20,7 +20,7 @@ from llmauction_sim.lm.prompts import click_question_messages
 YES, NO = "Yes", "No"  # the chat model's usual first word of a reply; see docs/clicks.md
 
 
-class LogprobJudge:
+class LogprobJudge(ClickModel):
     name = "logprob"
 
     def __init__(self, lm: LanguageModel):

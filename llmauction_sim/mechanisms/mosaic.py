@@ -39,6 +39,7 @@ from llmauction_sim.lm.prompts import ad_llm_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
     AuctionRequest,
+    Mechanism,
     policy_lm_and_catalog,
     register_mechanism,
 )
@@ -113,7 +114,7 @@ class MosaicAllocation(Allocation):
         return float(w.sum() ** 2 / (w ** 2).sum()) if len(w) else 0.0
 
 
-class MosaicMechanism:
+class MosaicMechanism(Mechanism):
     name = "mosaic"
 
     def __init__(self, lm: LanguageModel, click_model, sampling, penalty, catalog_ids,

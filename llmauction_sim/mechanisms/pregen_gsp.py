@@ -30,6 +30,7 @@ from llmauction_sim.lm.prompts import ad_llm_slot_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
     AuctionRequest,
+    Mechanism,
     policy_lm_and_catalog,
     register_mechanism,
 )
@@ -68,7 +69,7 @@ def slot_auction(bids: Mapping[str, float], pctr: Mapping[str, float], slots: in
     return SlotOutcome(winners, prices, expected)
 
 
-class PregenGSPMechanism:
+class PregenGSPMechanism(Mechanism):
     name = "pregen_gsp"
     generations_per_query = 1
 
