@@ -35,7 +35,7 @@ from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.tables import markdown_table, read_query_log  # noqa: E402
 
 # The settings of docs/results/table2.md; every value can be changed with --set. On a quiet 2-core
-# CPU the IRPO runs take 24 and 22 min and the whole script about 1.5 hours.
+# CPU the IRPO runs take 24 and 22 min and the whole script about 1.75 hours.
 CPU_SETTINGS = [
     "ad_sampling.max_new_tokens=96", "irpo.epochs=2", "irpo.train_queries=96",
     "irpo.samples_per_query=2", "irpo.candidates_per_prompt=4", "irpo.test_queries=48",
