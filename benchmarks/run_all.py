@@ -5,7 +5,7 @@ them one after the other (never in parallel: they share the CPU), keeps the raw 
 docs/results/benchmarks.json and rewrites the summary table between the markers in
 docs/performance.md after each one (with --only, the other benchmarks' last figures are kept).
 
-    python benchmarks/run_all.py [--quick] [--only generate,auctions,market,dpo,sft,dtype]
+    python benchmarks/run_all.py [--quick] [--only generate,auctions,market,dpo,sft,scoring,dtype]
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ BENCHMARKS = {
             ("SFT step (warm start, batch 8), seconds/step", "TRL's CPU default (every position "
              "through the fused head)", "trl_cpu_default_s_per_step",
              "labelled positions only", "compact_s_per_step", "lower")),
+    "scoring": ("bench_scoring.py", [], ["--prompts", "6", "--samples", "3",
+                                         "--max-new-tokens", "32"],
+                ("MOSAIC's scoring of M=5 answers per prompt (log p and log q), answers/s",
+                 "`score` twice, a full sequence per answer", "score_twice_answers_per_s",
+                 "`score_samples`: prompt once, one pass for both", "score_samples_answers_per_s",
+                 "higher")),
     "dtype": ("bench_generate.py", ["--skip-naive", "--compare-dtypes", "--prompts", "32",
                                     "--max-new-tokens", "96"],
               ["--skip-naive", "--compare-dtypes", "--prompts", "8", "--max-new-tokens", "32"],

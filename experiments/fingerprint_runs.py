@@ -37,7 +37,7 @@ IRPO_TINY = ["--set", "ad_sampling.max_new_tokens=24", "--set", "irpo.samples_pe
 COMMANDS = {
     "simulate": ["simulate", "--steps", "2", "--queries-per-step", "3", "--seed", "5", *TINY],
     "evaluate": ["evaluate", "--mechanism", "llm_auction,llm_auction_tilted,mosaic",
-                 "--test-queries", "3", "--set", "mechanisms.mosaic_samples=2", *TINY],
+                 "--test-queries", "3", "--set", "mechanisms.mosaic.samples=2", *TINY],
     "equilibrium_classic": ["equilibrium", "--mechanism", "gsp", "--rounds", "20",
                             "--auctions-per-round", "200"],
     "equilibrium_market": ["equilibrium", "--mechanism", "llm_auction", "--rounds", "2",

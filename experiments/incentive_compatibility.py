@@ -194,8 +194,8 @@ def sweep_folders(args, config) -> list[Path]:
 
         paths = policy_paths(args.irpo_run)
         runs["irpo"] = ("llm_auction", config.with_overrides(
-            [f"mechanisms.llm_auction_checkpoint={paths['checkpoint']}"]
-            + ([f"mechanisms.llm_auction_adapter={paths['adapter']}"] if paths["adapter"]
+            [f"mechanisms.llm_auction.checkpoint={paths['checkpoint']}"]
+            + ([f"mechanisms.llm_auction.adapter={paths['adapter']}"] if paths["adapter"]
                else [])))
     folders = []
     for tag, (name, cfg) in runs.items():
@@ -780,9 +780,9 @@ def main(argv=None) -> int:
             log(f"tilt at T={t:g}")
             r, f = tilt_analysis(frame, t, float(config.market.bid_high), args)
             rows += r
-            if t == config.mechanisms.tilted_temperature or "tilt" not in figures:
+            if t == config.mechanisms.llm_auction_tilted.temperature or "tilt" not in figures:
                 figures["tilt"] = f
-        extras["bid_text"] = bid_text_effect(frame, config.mechanisms.tilted_temperature)
+        extras["bid_text"] = bid_text_effect(frame, config.mechanisms.llm_auction_tilted.temperature)
         figures["sweeps"] = []
         extras["sweep_stats"] = {}
         for folder in sweep_folders(args, config):

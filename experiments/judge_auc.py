@@ -7,7 +7,7 @@ where it has one (`probabilities`), else its click rate over `--samples` batched
 on the configured models (default: the embedded SmolLM2-135M-Instruct and the packaged MiniLM).
 
     python experiments/judge_auc.py [--triples 200] [--seed 0] [--judges embedding,logprob,llm]
-                                    [--samples 3] [--set clicks.bias=-4] [--threads N] [--json]
+                                    [--samples 3] [--set clicks.embedding.bias=-4] [--threads N] [--json]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
                         help="calls of a judge without probabilities (its click rate averages "
                         "over them); a judge with probabilities is called once")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="config override, e.g. clicks.bias=-4 (repeatable)")
+                        help="config override, e.g. clicks.embedding.bias=-4 (repeatable)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()

@@ -35,11 +35,11 @@ from llmauction_sim.config import RunConfig  # noqa: E402
 from llmauction_sim.tables import markdown_table, read_query_log  # noqa: E402
 
 # The settings of docs/results/table2.md; every value can be changed with --set. On a quiet 2-core
-# CPU the IRPO runs take 24 and 22 min and the whole script about 1.75 hours.
+# CPU the IRPO runs take 24 and 22 min and the whole script 87 min.
 CPU_SETTINGS = [
     "ad_sampling.max_new_tokens=96", "irpo.epochs=2", "irpo.train_queries=96",
     "irpo.samples_per_query=2", "irpo.candidates_per_prompt=4", "irpo.test_queries=48",
-    "irpo.max_pairs=96", "warmstart.queries=0", "mechanisms.mosaic_samples=5",
+    "irpo.max_pairs=96", "warmstart.queries=0", "mechanisms.mosaic.samples=5",
 ]
 PAPER = {  # Table 2 of the paper (Qwen3-4B): 125.28 / 46.88, 125.28 / 73.29, 54.13 / 24.95
     "revenue_vs_pretrained": 2.672, "revenue_vs_mosaic": 1.709, "reward_vs_mosaic": 2.17}
@@ -78,8 +78,8 @@ def policy_config(config: RunConfig, run: Path | None) -> RunConfig:
 
     paths = policy_paths(run)
     return config.with_overrides(
-        [f"mechanisms.llm_auction_checkpoint={paths['checkpoint']}"]
-        + ([f"mechanisms.llm_auction_adapter={paths['adapter']}"] if paths["adapter"] else []))
+        [f"mechanisms.llm_auction.checkpoint={paths['checkpoint']}"]
+        + ([f"mechanisms.llm_auction.adapter={paths['adapter']}"] if paths["adapter"] else []))
 
 
 def probe_rows(config: RunConfig, policies: dict, requests, work: Path, seed: int) -> pd.DataFrame:
@@ -89,6 +89,8 @@ def probe_rows(config: RunConfig, policies: dict, requests, work: Path, seed: in
     from llmauction_sim.mechanisms.pctr import load_click_model, template_pctr
     from llmauction_sim.mechanisms.tilted import ad_utilities, tilted_choice
     from llmauction_sim.probe import choice_probe, probe_summary
+
+    tilt = config.mechanisms.llm_auction_tilted
 
     rows = []
     frames = {}
@@ -114,7 +116,7 @@ def probe_rows(config: RunConfig, policies: dict, requests, work: Path, seed: in
         tilted = base.copy()
         for _, idx in tilted.groupby(["auction", "permutation"]).groups.items():
             g = tilted.loc[idx]
-            u = ad_utilities(g["bid"], g["pctr"], config.penalty, config.mechanisms.tilted_lambda, 1)
+            u = ad_utilities(g["bid"], g["pctr"], config.penalty, tilt.penalty_weight, 1)
             tilted.loc[idx, "q"] = tilted_choice(g["log_q"].to_numpy(), u, t)
         rows.append({"policy": f"tilted pi_0, T={t:g}",
                      **flatten(probe_summary(tilted, np.random.default_rng(seed)))})
@@ -177,6 +179,7 @@ def tilt_curves(config: RunConfig, work: Path, requests, out: Path, auctions: in
     from llmauction_sim.mechanisms.pctr import load_click_model, template_pctr
     from llmauction_sim.mechanisms.tilted import ad_utilities, tilted_choice
 
+    tilt = config.mechanisms.llm_auction_tilted
     base = pd.read_parquet(work / "probe-warm_start_(pi_0).parquet").query("permutation == 0")
     pctr = {r.query_id: p for r, p in zip(requests, template_pctr(load_click_model(config),
                                                                   requests))}
@@ -189,13 +192,12 @@ def tilt_curves(config: RunConfig, work: Path, requests, out: Path, auctions: in
         curve = []
         for b in grid:
             bids[focal] = b
-            u = ad_utilities(bids, p, config.penalty, config.mechanisms.tilted_lambda, 1)
-            curve.append(tilted_choice(g["log_q"].to_numpy(), u,
-                                       config.mechanisms.tilted_temperature)[focal])
+            u = ad_utilities(bids, p, config.penalty, tilt.penalty_weight, 1)
+            curve.append(tilted_choice(g["log_q"].to_numpy(), u, tilt.temperature)[focal])
         ax.plot(grid, curve, lw=1.2, label=f"auction {a}")
     ax.set_xlabel("focal ad's bid (others fixed)")
     ax.set_ylabel("P(focal ad | mention)")
-    ax.set_title(f"tilted choice on pi_0, T={config.mechanisms.tilted_temperature:g} (exact)")
+    ax.set_title(f"tilted choice on pi_0, T={tilt.temperature:g} (exact)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "table2_tilt_curves.png", dpi=120)
@@ -255,10 +257,10 @@ def main(argv=None) -> int:
     # One row per route, all on the same test auctions.
     rows = {"pre-trained": ("pretrained", config),
             "warm start (pi_0)": ("llm_auction", config),
-            f"MOSAIC (M={config.mechanisms.mosaic_samples}, pi_0)": ("mosaic", config),
+            f"MOSAIC (M={config.mechanisms.mosaic.samples}, pi_0)": ("mosaic", config),
             "LLM-Auction (pCTR)": ("llm_auction", policy_config(config, runs["pctr"])),
             "LLM-Auction (oracle)": ("llm_auction", policy_config(config, runs["oracle"])),
-            f"tilted pi_0 (T={config.mechanisms.tilted_temperature:g})":
+            f"tilted pi_0 (T={config.mechanisms.llm_auction_tilted.temperature:g})":
                 ("llm_auction_tilted", config),
             "ranked pi_0 (ablation)": ("llm_auction_ranked", config)}
     logs, generations = {}, {}

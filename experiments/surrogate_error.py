@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     overrides = [f"market.steps={steps}", f"market.queries_per_step={args.queries_per_step}",
                  "market.mechanism=llm_auction", "ad_sampling.max_new_tokens=96"]
     if args.checkpoint:
-        overrides += [f"mechanisms.llm_auction_{k}={v}"
+        overrides += [f"mechanisms.llm_auction.{k}={v}"
                       for k, v in resolve_policy(args.checkpoint).items() if v]
     if args.data:
         overrides.append(f"market.data={args.data}")

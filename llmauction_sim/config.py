@@ -9,12 +9,14 @@ form ``section.field=value``. Unknown keys and bad values raise `ConfigError` na
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,13 @@ def option(default: Any, help: str, *, choices: Iterable[Any] | None = None,
 
 def section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help})
+
+
+def plugin_tables(kind: str) -> Any:
+    """The field of a section that also holds, under their registered names, the settings tables
+    of entries whose config classes live elsewhere (plugins: ``[mechanisms.my_mechanism]``)."""
+    return field(default_factory=dict, metadata={
+        "help": f"Settings tables of other {kind}s, by registered name.", "plugins": kind})
 
 
 def _type_name(tp: Any) -> str:
@@ -145,6 +154,13 @@ class ConfigBase:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 continue
+            if f.metadata.get("plugins"):
+                if not isinstance(value, Mapping) or not all(
+                        isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()):
+                    raise ConfigError(f"{f.name}: expected tables of settings by "
+                                      f"{f.metadata['plugins']} name, got {value!r}")
+                object.__setattr__(self, f.name, {k: dict(v) for k, v in value.items()})
+                continue
             where = f.name
             value = _coerce(value, hints[f.name], where)
             object.__setattr__(self, f.name, value)
@@ -172,10 +188,14 @@ class ConfigBase:
             raise ConfigError(f"{where or 'config'}: expected a table of fields, got {data!r}")
         hints = typing.get_type_hints(cls)
         known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        kwargs = {}
+        tables = _plugin_field(cls)
+        kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in known:
-                raise _unknown_key(key, list(known), where)
+            if key not in known or key == tables:
+                if tables and isinstance(value, Mapping):  # a plugin entry's settings
+                    kwargs.setdefault(tables, {})[key] = dict(value)
+                    continue
+                raise _unknown_key(key, [k for k in known if k != tables], where)
             tp = hints[key]
             if isinstance(tp, type) and issubclass(tp, ConfigBase):
                 # A partly given section keeps this field's own defaults (which may differ from
@@ -190,7 +210,17 @@ class ConfigBase:
         return _construct(cls, kwargs, where)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """Nested plain dicts, as in a TOML file (plugin tables beside the section's fields)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, ConfigBase):
+                out[f.name] = value.to_dict()
+            elif f.metadata.get("plugins"):
+                out.update(copy.deepcopy(value))
+            else:
+                out[f.name] = copy.deepcopy(value)
+        return out
 
     def replace(self, **changes: Any):
         merged = self.to_dict()
@@ -204,10 +234,19 @@ class ConfigBase:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like section.field=value")
             path, raw = item.split("=", 1)
-            keys = path.strip().split(".")
+            keys = self.current_path(path.strip()).split(".")
             node, cls = data, type(self)
             for i, key in enumerate(keys):
-                known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+                tables = _plugin_field(cls)
+                known = [f.name for f in dataclasses.fields(cls) if f.name != tables]
+                if key not in known and tables and i < len(keys) - 1:
+                    # A plugin entry's table: its fields are checked when the entry is built.
+                    for inner in keys[i:-1]:
+                        node = node.setdefault(inner, {})
+                        if not isinstance(node, dict):
+                            raise ConfigError(f"'{path}': {inner} is a field, not a table")
+                    node[keys[-1]] = raw.strip()
+                    break
                 if key not in known:
                     raise _unknown_key(key, known, ".".join(keys[:i]))
                 if i == len(keys) - 1:
@@ -223,6 +262,11 @@ class ConfigBase:
         return type(self).from_dict(data)
 
     @classmethod
+    def current_path(cls, path: str) -> str:
+        """The dotted field name `path` now has (subclasses map renamed fields)."""
+        return path
+
+    @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()):
         path = Path(path)
         if not path.is_file():
@@ -233,6 +277,56 @@ class ConfigBase:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
         return cls.from_dict(data).with_overrides(overrides)
+
+
+def _plugin_field(cls: type) -> str | None:
+    """Name of the section's plugin-tables field, or None."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("plugins"):
+            return f.name
+    return None
+
+
+def entry_settings(section: ConfigBase, name: str, config_class: type | None, where: str) -> Any:
+    """Settings of the registered entry `name` from its table in config `section` (e.g.
+    ``config.mechanisms``, `where` = "mechanisms"): the section's own field of that name where it
+    has one (the built-ins), else `config_class` built from the plugin table (defaults where the
+    table is silent); None for an entry without a config class."""
+    own = {f.name for f in dataclasses.fields(section)} - {_plugin_field(type(section))}
+    if name in own and isinstance(getattr(section, name), ConfigBase):
+        return getattr(section, name)
+    tables = _plugin_field(type(section))
+    table = getattr(section, tables).get(name, {}) if tables else {}
+    if config_class is None:
+        if table:
+            raise ConfigError(f"{where}.{name} sets {', '.join(sorted(table))}, but {name!r} has "
+                              "no settings (it was registered without a config_class); remove "
+                              f"the [{where}.{name}] table")
+        return None
+    return build_settings(config_class, table, f"{where}.{name}")
+
+
+def build_settings(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """The dataclass `cls` from a table of raw values (TOML values or CLI strings), each coerced
+    to its field's type; unknown fields and bad values raise ConfigError naming them."""
+    if issubclass(cls, ConfigBase):
+        return cls.from_dict(table, where)
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in known:
+            raise _unknown_key(key, known, where)
+        try:
+            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        except ConfigError as exc:
+            if "unsupported type" not in str(exc):
+                raise
+            kwargs[key] = value  # a type the config files cannot spell: passed as given
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _construct(cls, kwargs: dict[str, Any], where: str):
@@ -253,6 +347,8 @@ def field_docs(cls: type, prefix: str = "", instance: Any = None
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("plugins"):
+            continue
         name = f"{prefix}{f.name}"
         tp = hints[f.name]
         value = getattr(instance, f.name)
@@ -366,27 +462,41 @@ class DataConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class EmbeddingJudgeConfig(ConfigBase):
+    """The `embedding` click judge: a transparent click model on MiniLM embeddings."""
+    bias: float = option(-6.3, "Click logit of a single ad with zero relevance and zero "
+                         "nativeness.")
+    relevance_weight: float = option(14.0, "Logit gain per unit of relevance (cosine of the ad "
+                                     "to the query, blended with its cosine to the user's "
+                                     "interests).", min=0)
+    profile_weight: float = option(0.35, "Weight of the user's interests against the query in an "
+                                   "ad's relevance.", min=0.0, max=1.0)
+    nativeness_weight: float = option(1.5, "Logit gain of a mention fully woven into a sentence "
+                                      "(nativeness 1) over one dumped on its own "
+                                      "(nativeness 0).", min=0)
+    fatigue: float = option(0.5, "Logit cost, for every inserted ad, of each inserted ad beyond "
+                            "the first (flooding).", min=0)
+    duplicate_similarity: float = option(0.6, "Ads of one category, or with cosine at least "
+                                         "this, compete: at most one of them is clicked.",
+                                         min=-1.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class LlmJudgeConfig(ConfigBase):
+    """The `llm` click judge: the paper's JSON click prompt to the User-LLM."""
+    max_new_tokens: int = option(96, "Token budget of the judge's JSON answer.", min=1)
+
+
+@dataclass(frozen=True)
 class ClickConfig(ConfigBase):
-    """The User-LLM's click decisions (see docs/clicks.md)."""
+    """The User-LLM's click decisions (see docs/clicks.md): which judge, and each judge's own
+    settings in the table of its name (``[clicks.embedding]``; a plugin judge's too)."""
     judge: str = option("embedding", "Click judge: 'embedding' (transparent MiniLM click model), "
                         "'llm' (the paper's JSON click prompt) or 'logprob' (P(yes) per ad from "
                         "the User-LLM's log-probabilities).")
-    max_new_tokens: int = option(96, "Token budget of the 'llm' judge's JSON answer.", min=1)
-    bias: float = option(-6.3, "Embedding judge: click logit of a single ad with zero relevance "
-                         "and zero nativeness.")
-    relevance_weight: float = option(14.0, "Embedding judge: logit gain per unit of relevance "
-                                     "(cosine of the ad to the query, blended with its cosine "
-                                     "to the user's interests).", min=0)
-    profile_weight: float = option(0.35, "Embedding judge: weight of the user's interests "
-                                   "against the query in an ad's relevance.", min=0.0, max=1.0)
-    nativeness_weight: float = option(1.5, "Embedding judge: logit gain of a mention fully woven "
-                                      "into a sentence (nativeness 1) over one dumped on its own "
-                                      "(nativeness 0).", min=0)
-    fatigue: float = option(0.5, "Embedding judge: logit cost, for every inserted ad, of each "
-                            "inserted ad beyond the first (flooding).", min=0)
-    duplicate_similarity: float = option(0.6, "Embedding judge: ads of one category, or with "
-                                         "cosine at least this, compete: at most one of them "
-                                         "is clicked.", min=-1.0, max=1.0)
+    embedding: EmbeddingJudgeConfig = section(EmbeddingJudgeConfig, "The 'embedding' judge.")
+    llm: LlmJudgeConfig = section(LlmJudgeConfig, "The 'llm' judge.")
+    plugins: dict[str, dict] = plugin_tables("click judge")
 
 
 @dataclass(frozen=True)
@@ -431,55 +541,89 @@ class MarketConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
-class MechanismConfig(ConfigBase):
-    """Parameters of the baseline mechanisms (docs/mechanisms.md)."""
-
-    slots: int = option(2, "pregen_gsp: ad slots k filled by the top bid x pCTR scores.", min=1)
+class PregenGspConfig(ConfigBase):
+    """`pregen_gsp`: a slot auction on bid x pCTR before generation, then the Ad-LLM writes the
+    winners in."""
+    slots: int = option(2, "Ad slots k filled by the top bid x pCTR scores.", min=1)
     slot_weights: list[float] = option(
-        [1.0, 0.7], "pregen_gsp: prominence weight of each slot (position effect); missing "
-        "entries repeat the last one.")
-    gsp_payment: str = option("gsp", "pregen_gsp payment per click: 'gsp' (next score / own "
-                              "pCTR), 'vcg' (externality per expected click, with slot_weights) "
-                              "or 'first_price' (own bid).", choices=["gsp", "vcg", "first_price"])
-    mosaic_samples: int = option(20, "mosaic: answers M sampled per query in one generate call "
-                                 "(paper's baseline: 20).", min=1)
-    mosaic_tau: float = option(10.0, "mosaic: softmax temperature tau of the selection, in bid "
-                               "units.", min=0.0, exclusive_min=True)
-    mosaic_lambda: float = option(1.0, "mosaic: weight lambda of the format penalty in R(y).",
-                                  min=0.0)
-    mosaic_correction: str = option(
-        "exact", "mosaic: importance correction for samples drawn with ad_sampling rather than "
-        "from the model itself: 'exact' weights each sample by pi_ref(y) / q(y) (q scored under "
-        "the sampling temperature, top-k and top-p), so the selection targets "
-        "pi_ref(y) exp(R(y)/tau); 'none' uses softmax(R/tau) over the samples (targets "
-        "q(y) exp(R(y)/tau)).", choices=["exact", "none"])
-    mosaic_payment: str = option("first_price", "mosaic payment per click: 'first_price' or "
-                                 "'rochet' (MOSAIC's own rule, per unit of expected reward).",
-                                 choices=["first_price", "rochet"])
+        [1.0, 0.7], "Prominence weight of each slot (position effect); missing entries repeat "
+        "the last one.")
+    payment: str = option("gsp", "Payment per click: 'gsp' (next score / own pCTR), 'vcg' "
+                          "(externality per expected click, with slot_weights) or 'first_price' "
+                          "(own bid).", choices=["gsp", "vcg", "first_price"])
+
+
+@dataclass(frozen=True)
+class MosaicConfig(ConfigBase):
+    """`mosaic`: post-generation selection among M sampled answers."""
+    samples: int = option(20, "Answers M sampled per query in one generate call (paper's "
+                          "baseline: 20).", min=1)
+    tau: float = option(10.0, "Softmax temperature tau of the selection, in bid units.",
+                        min=0.0, exclusive_min=True)
+    penalty_weight: float = option(1.0, "Weight lambda of the format penalty in R(y).", min=0.0)
+    correction: str = option(
+        "exact", "Importance correction for samples drawn with ad_sampling rather than from the "
+        "model itself: 'exact' weights each sample by pi_ref(y) / q(y) (q scored under the "
+        "sampling temperature, top-k and top-p), so the selection targets pi_ref(y) "
+        "exp(R(y)/tau); 'none' uses softmax(R/tau) over the samples (targets q(y) "
+        "exp(R(y)/tau)).", choices=["exact", "none"])
+    payment: str = option("first_price", "Payment per click: 'first_price' or 'rochet' "
+                          "(MOSAIC's own rule, per unit of expected reward).",
+                          choices=["first_price", "rochet"])
+
+
+@dataclass(frozen=True)
+class LlmAuctionConfig(ConfigBase):
+    """`llm_auction`: one pass of the trained Ad-LLM."""
+    checkpoint: str | None = option(
+        None, "Model name or folder of the trained Ad-LLM (default ad_llm.name).")
+    adapter: str | None = option(
+        None, "PEFT adapter folder or packaged adapter name of the trained Ad-LLM (default "
+        "ad_llm.adapter).")
+
+
+@dataclass(frozen=True)
+class TiltedConfig(ConfigBase):
+    """`llm_auction_tilted`: the paper's optimal policy pi_0 exp(R/beta) at decoding time."""
+    temperature: float = option(
+        5.0, "Temperature T of the tilt exp(u/T), in bid units (the paper's beta); smaller is "
+        "closer to the argmax of bid x pCTR, larger to pi_0.", min=0.0, exclusive_min=True)
+    max_ads: int = option(2, "Most mentions per answer.", min=1)
+    penalty_weight: float = option(1.0, "Weight lambda of the format penalty's per-ad cost in "
+                                   "the utility u.", min=0.0)
+
+
+@dataclass(frozen=True)
+class MechanismConfig(ConfigBase):
+    """Settings the mechanisms share, and each mechanism's own in the table of its name
+    (``[mechanisms.mosaic]``; a plugin mechanism's too, checked against its config class)."""
+
     pctr_model: str = option(
         "judge", "Click model giving pCTR to mosaic, llm_auction_tilted and pregen_gsp: 'judge' "
         "(the probabilities of clicks.judge itself; that judge must have them, as 'embedding' "
         "and 'logprob' do, not 'llm'), 'embedding' (the MiniLM embedding click model, whatever "
         "decides clicks) or 'logprob' (the User-LLM's P(yes) per ad).",
         choices=["judge", "embedding", "logprob"])
-    llm_auction_checkpoint: str | None = option(
-        None, "llm_auction: model name or folder of the trained Ad-LLM (default ad_llm.name).")
-    llm_auction_adapter: str | None = option(
-        None, "llm_auction: PEFT adapter folder or packaged adapter name of the trained Ad-LLM "
-        "(default ad_llm.adapter).")
     policy_adapter: str | None = option(
         "smollm2-135m-warmstart", "The Ad-LLM policy pi_0 of llm_auction (untrained), "
         "llm_auction_tilted, llm_auction_ranked, mosaic and pregen_gsp: a packaged adapter name "
         "or adapter folder on ad_llm.name. The default, the shipped format warm start of the "
         "embedded model (it writes the markup, bid-blind), applies to that model only; other "
         "models run as configured. None = ad_llm as configured (`pretrained` always is).")
-    tilted_temperature: float = option(
-        5.0, "llm_auction_tilted: temperature T of the tilt exp(u/T), in bid units (the "
-        "paper's beta); smaller is closer to the argmax of bid x pCTR, larger to pi_0.",
-        min=0.0, exclusive_min=True)
-    tilted_max_ads: int = option(2, "llm_auction_tilted: most mentions per answer.", min=1)
-    tilted_lambda: float = option(1.0, "llm_auction_tilted: weight lambda of the format "
-                                  "penalty's per-ad cost in the utility u.", min=0.0)
+    pregen_gsp: PregenGspConfig = section(PregenGspConfig, "The 'pregen_gsp' mechanism.")
+    mosaic: MosaicConfig = section(MosaicConfig, "The 'mosaic' mechanism.")
+    llm_auction: LlmAuctionConfig = section(LlmAuctionConfig, "The 'llm_auction' mechanism.")
+    llm_auction_tilted: TiltedConfig = section(TiltedConfig, "The 'llm_auction_tilted' "
+                                               "mechanism.")
+    plugins: dict[str, dict] = plugin_tables("mechanism")
+
+
+@dataclass(frozen=True)
+class BidPolicyConfig(ConfigBase):
+    """Each bid policy's own settings, in the table of its name (``[bid_policies.my_policy]``).
+    The built-in policies take theirs from market.* (the bid range) and from the population
+    spec (`vm:4:tau=1.2`)."""
+    plugins: dict[str, dict] = plugin_tables("bid policy")
 
 
 @dataclass(frozen=True)
@@ -628,6 +772,54 @@ class VllmConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class ValueConfig(ConfigBase):
+    """Advertisers' values per click on a classic auction."""
+    distribution: str = option("uniform", "Distribution of values per click.",
+                               choices=["uniform", "lognormal", "constant"])
+    low: float = option(0.0, "uniform: lower end of the values per click.", min=0.0)
+    high: float = option(1.0, "uniform: upper end; constant: the value of every advertiser.",
+                         min=0.0, exclusive_min=True)
+    log_mean: float = option(0.0, "lognormal: mean of log(value).")
+    log_sigma: float = option(0.5, "lognormal: standard deviation of log(value).", min=0.0)
+    redraw: str = option("per_auction", "per_auction: every advertiser draws a fresh value in every "
+                         "auction (i.i.d., the textbook symmetric setting); once: each advertiser "
+                         "draws one value per click for the whole run.",
+                         choices=["per_auction", "once"])
+
+    def validate(self) -> None:
+        if self.distribution == "uniform" and self.low >= self.high:
+            raise ConfigError(f"low = {self.low} must be below high = {self.high}")
+
+
+@dataclass(frozen=True)
+class ClassicConfig(ConfigBase):
+    """Learning bidders on a classic auction (`llmauction equilibrium --mechanism first_price`;
+    docs/bidding.md)."""
+    mechanism: str = option("first_price", "Classic auction: first_price, second_price or gsp "
+                            "(any name in the classic-auction registry).")
+    advertisers: str = option("vm:4,um:4", "Population: type:count[:key=value...] entries, "
+                              "comma separated (types truthful, fixed_shading, fixed_bid, vm, "
+                              "um).")
+    rounds: int = option(300, "Learning rounds.", min=1)
+    auctions_per_round: int = option(1000, "Auctions per round, run at once.", min=1)
+    slot_weights: list[float] = option([1.0], "Position weights of the slots (first = top slot).")
+    reserve: float = option(0.0, "Reserve price per click.", min=0.0)
+    ctr_low: float = option(1.0, "Click-through rates are uniform in [ctr_low, ctr_high] per "
+                            "(auction, advertiser); 1 and 1 = every allocated slot is clicked.",
+                            min=0.0, exclusive_min=True)
+    ctr_high: float = option(1.0, "Upper end of the click-through rates.", min=0.0,
+                             exclusive_min=True)
+    grid_points: int = option(51, "Shading factors on the learners' and regret grid.", min=2)
+    grid_max: float = option(1.0, "Largest shading factor on the grid (raise it above 1/tau for "
+                             "value maximizers with tau < 1).", min=0.0, exclusive_min=True)
+    values: ValueConfig = section(ValueConfig, "Values per click.")
+
+    def validate(self) -> None:
+        if self.ctr_low > self.ctr_high:
+            raise ConfigError(f"ctr_low = {self.ctr_low} must be <= ctr_high = {self.ctr_high}")
+
+
+@dataclass(frozen=True)
 class RunConfig(ConfigBase):
     seed: int = option(0, "The one seed every random draw derives from.", min=0)
     ad_llm: ModelConfig = section(ModelConfig, "The Ad-LLM (allocation rule).")
@@ -643,12 +835,31 @@ class RunConfig(ConfigBase):
     data: DataConfig = section(DataConfig, "Synthetic users and their queries.")
     clicks: ClickConfig = section(ClickConfig, "The User-LLM's click decisions.")
     market: MarketConfig = section(MarketConfig, "The stepped market.")
-    mechanisms: MechanismConfig = section(MechanismConfig, "Baseline mechanisms' parameters.")
+    mechanisms: MechanismConfig = section(MechanismConfig, "The mechanisms' settings.")
+    bid_policies: BidPolicyConfig = section(BidPolicyConfig, "The bid policies' settings.")
     pctr: PctrConfig = section(PctrConfig, "The pCTR reward model of IRPO.")
     dpo: DpoConfig = section(DpoConfig, "One DPO phase of IRPO.")
     irpo: IrpoConfig = section(IrpoConfig, "The IRPO training loop.")
     warmstart: WarmStartConfig = section(WarmStartConfig, "Format warm start before IRPO.")
     vllm: VllmConfig = section(VllmConfig, "vLLM engines' memory (backend = 'vllm').")
+    classic: ClassicConfig = section(ClassicConfig, "Learning bidders on a classic auction.")
+
+    @classmethod
+    def current_path(cls, path: str) -> str:
+        if path.split(".", 1)[0] in CLASSIC_FIELDS:
+            return f"classic.{path}"  # a classic run's fields may omit the section's name
+        new = RENAMED.get(path)
+        if new is None:
+            return path
+        warnings.warn(f"config field '{path}' is now '{new}'; the old name still works but will "
+                      "be removed", FutureWarning, stacklevel=4)
+        return new
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = ""):
+        if not where and isinstance(data, Mapping):
+            data = _migrate(data)
+        return super().from_dict(data, where)
 
     def validate(self) -> None:
         k = self.retrieval.num_candidates
@@ -660,3 +871,60 @@ class RunConfig(ConfigBase):
             if k > size:
                 raise ConfigError(f"retrieval.num_candidates = {k} is larger than the catalog "
                                   f"({size} ads); use at most {size} or 'all'")
+
+
+# Fields that moved into their mechanism's or judge's own table: old dotted name -> new. Config
+# files and run folders (config.json) written before still load, as do --set overrides.
+RENAMED = {
+    "mechanisms.slots": "mechanisms.pregen_gsp.slots",
+    "mechanisms.slot_weights": "mechanisms.pregen_gsp.slot_weights",
+    "mechanisms.gsp_payment": "mechanisms.pregen_gsp.payment",
+    "mechanisms.mosaic_samples": "mechanisms.mosaic.samples",
+    "mechanisms.mosaic_tau": "mechanisms.mosaic.tau",
+    "mechanisms.mosaic_lambda": "mechanisms.mosaic.penalty_weight",
+    "mechanisms.mosaic_correction": "mechanisms.mosaic.correction",
+    "mechanisms.mosaic_payment": "mechanisms.mosaic.payment",
+    "mechanisms.llm_auction_checkpoint": "mechanisms.llm_auction.checkpoint",
+    "mechanisms.llm_auction_adapter": "mechanisms.llm_auction.adapter",
+    "mechanisms.tilted_temperature": "mechanisms.llm_auction_tilted.temperature",
+    "mechanisms.tilted_max_ads": "mechanisms.llm_auction_tilted.max_ads",
+    "mechanisms.tilted_lambda": "mechanisms.llm_auction_tilted.penalty_weight",
+    "clicks.max_new_tokens": "clicks.llm.max_new_tokens",
+    **{f"clicks.{name}": f"clicks.embedding.{name}" for name in (
+        "bias", "relevance_weight", "profile_weight", "nativeness_weight", "fatigue",
+        "duplicate_similarity")},
+}
+
+
+# The fields of the classic equilibrium's own config before it became the `classic` section: a
+# file's [equilibrium] table or top-level fields, and old run folders' config.json.
+CLASSIC_FIELDS = [f.name for f in dataclasses.fields(ClassicConfig)]
+
+
+def _migrate(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with the fields of RENAMED moved to their new places (a new name given too wins),
+    and a classic equilibrium config (the [equilibrium] table, or its fields at the top level)
+    moved into the `classic` section."""
+    data = copy.deepcopy(dict(data))
+    old = data.pop("equilibrium", None)
+    old = dict(old) if isinstance(old, Mapping) else {}
+    old.update({k: data.pop(k) for k in CLASSIC_FIELDS if k in data})
+    if old:
+        if "seed" in old:
+            data.setdefault("seed", old.pop("seed"))
+        classic = data.setdefault("classic", {})
+        if isinstance(classic, dict):
+            for key, value in old.items():
+                classic.setdefault(key, value)
+    for old, new in RENAMED.items():
+        section, name = old.split(".")
+        table = data.get(section)
+        if not isinstance(table, dict) or name not in table:
+            continue
+        value = table.pop(name)
+        *parents, leaf = new.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, value)
+    return data

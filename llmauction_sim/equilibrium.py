@@ -5,9 +5,12 @@ dynamics of its kind:
 
 - ``classic``: a name in the classic-auction registry (`classic.auctions.CLASSIC_AUCTIONS`: first
   price, second price, GSP, or one added with `register_classic_auction`) runs
-  `classic.equilibrium` (numpy, thousands of auctions per round) from an `EquilibriumConfig`;
+  `classic.equilibrium` (numpy, thousands of auctions per round) from the run config's `classic`
+  section;
 - ``market``: a name in the market's mechanism registry (`mechanisms.register_mechanism`) runs
-  `market.equilibrium` (the LLM market, optionally with IRPO inside it) from a `RunConfig`.
+  `market.equilibrium` (the LLM market, optionally with IRPO inside it).
+
+Both take one `RunConfig` (--config, --set, --seed), so one file can hold both.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmauction_sim.classic.auctions import CLASSIC_AUCTIONS, classic_auction_names
-from llmauction_sim.classic.equilibrium import config_from_cli, run_classic_equilibrium
+from llmauction_sim.classic.equilibrium import classic_config, run_classic_equilibrium
 from llmauction_sim.classic.equilibrium import format_summary as classic_summary
 from llmauction_sim.config import ConfigError, RunConfig
 
@@ -42,20 +45,20 @@ def mechanism_kind(name: str) -> str:
                       f"({', '.join(market)})")
 
 
-def _run_classic(args, market_config: Callable[[], RunConfig]) -> int:
+def _run_classic(args, run_config: Callable[[], RunConfig]) -> int:
     if args.checkpoint is not None:
         raise ConfigError("--checkpoint applies to LLM-market mechanisms (llm_auction), not "
                           f"to the classic {args.mechanism}")
-    config = config_from_cli(mechanism=args.mechanism, advertisers=args.advertisers,
-                             rounds=args.rounds, auctions_per_round=args.auctions_per_round,
-                             seed=args.seed, config_file=args.config, overrides=args.overrides)
+    config = classic_config(run_config(), mechanism=args.mechanism,
+                            advertisers=args.advertisers, rounds=args.rounds,
+                            auctions_per_round=args.auctions_per_round)
     result = run_classic_equilibrium(config, args.out, resume=args.resume)
     print(classic_summary(result.summary))
     print(f"wrote {args.out}/rounds.parquet, market.parquet, summary.json, config.json")
     return 0
 
 
-def _run_market(args, market_config: Callable[[], RunConfig]) -> int:
+def _run_market(args, run_config: Callable[[], RunConfig]) -> int:
     # The LLM market's stack (torch, Mesa) loads only for a market run.
     from llmauction_sim.market.equilibrium import (
         format_summary,
@@ -66,7 +69,7 @@ def _run_market(args, market_config: Callable[[], RunConfig]) -> int:
     if args.auctions_per_round is not None:
         raise ConfigError("--auctions-per-round is for classic mechanisms; in the LLM market use "
                           "--set market.queries_per_step=N (and market.surrogate_rounds=K)")
-    config = with_population(market_config(), args.mechanism, args.advertisers or "vm:4,um:4",
+    config = with_population(run_config(), args.mechanism, args.advertisers or "vm:4,um:4",
                              args.rounds or 20)
     summary = run_market_equilibrium(config, args.out, resume=args.resume,
                                      progress=not args.quiet)
@@ -79,11 +82,10 @@ def _run_market(args, market_config: Callable[[], RunConfig]) -> int:
 RUNNERS: dict[str, Callable[..., int]] = {"classic": _run_classic, "market": _run_market}
 
 
-def run_equilibrium_command(args, market_config: Callable[[], RunConfig]) -> int:
+def run_equilibrium_command(args, run_config: Callable[[], RunConfig]) -> int:
     """Body of `llmauction equilibrium` (`args` from its parser): run the dynamics of the
-    mechanism's kind. `market_config()` resolves the run config (--config, --set, --seed,
-    --checkpoint) and is called for market mechanisms only, whose --set takes run-config fields;
-    a classic run's --config and --set take `EquilibriumConfig` fields."""
-    # Without --mechanism a classic run takes its config file's mechanism (default first_price).
+    mechanism's kind. `run_config()` resolves the run config (--config, --set, --seed,
+    --checkpoint); a classic run reads its `classic` section."""
+    # Without --mechanism a classic run takes its config's classic.mechanism (default first_price).
     kind = mechanism_kind(args.mechanism or DEFAULT_MECHANISM)
-    return RUNNERS[kind](args, market_config)
+    return RUNNERS[kind](args, run_config)

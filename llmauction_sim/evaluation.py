@@ -45,8 +45,12 @@ def _test_data(config: RunConfig, data: str | Path | None, out: Path, needed: in
     `out/data` that is just big enough, written by the configured query writer (the User-LLM
     unless data.query_writer=template is asked for)."""
     if data is None:
-        data = build_just_enough(config, out / "data", needed / config.data.queries_per_profile
-                                 / max(config.data.test_fraction, 1e-9), spare=1)
+        frac = max(config.data.test_fraction, 1e-9)
+        test_profiles = needed / config.data.queries_per_profile
+        # The split rounds profiles x test_fraction: enough profiles that it rounds to at least
+        # the whole test profiles needed (one test query needs one test profile, not 0.2 of one).
+        enough = (math.ceil(test_profiles) - 0.5 + 1e-9) / frac
+        data = build_just_enough(config, out / "data", max(test_profiles / frac, enough), spare=1)
     profiles, queries = load_dataset(data)
     test = queries[queries["split"] == "test"]
     if test.empty:
@@ -180,8 +184,8 @@ def _finished_evaluation(config: RunConfig, folder: Path, name: str,
 
     try:
         summary = json.loads((folder / "summary.json").read_text())
-        same = settings(json.loads((folder / "config.json").read_text())) == settings(
-            json.loads(json.dumps(config.to_dict())))
+        saved = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        same = settings(saved.to_dict()) == settings(config.to_dict())  # fields that moved, moved
         rows = len(read_query_log(folder / "queries.parquet"))
     except (OSError, ValueError):
         return None

@@ -394,7 +394,7 @@ def sweep_gains(x_fit: np.ndarray, x_eval: np.ndarray, bids: np.ndarray, constra
 def draw_auctions(shadings: Sequence[float], n_auctions: int, rng: np.random.Generator,
                   values=None) -> tuple[np.ndarray, np.ndarray]:
     """(focal values [A], opponents' bids [A, n]): every bidder draws a value per auction
-    (`classic.bidding.ValueConfig`, uniform on [0, 1] by default); opponent j bids s_j v_j."""
+    (`config.ValueConfig`, uniform on [0, 1] by default); opponent j bids s_j v_j."""
     vals = ValueSampler(values or ValueConfig(), 1 + len(shadings), rng).draw(n_auctions)
     return vals[:, 0].copy(), vals[:, 1:] * np.asarray(shadings, np.float64)
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from llmauction_sim.config import ConfigError, entry_settings
+
 T = TypeVar("T")
 
 class PluginError(ImportError):
@@ -187,3 +189,24 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         return self.entry(name).value
+
+    # --- building with the entry's own settings ------------------------------------------------
+    def build(self, name: str, section: Any, where: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory of `name` with `args` and `kwargs`, plus ``settings=`` (its config
+        class, built from its table ``[<where>.<name>]`` in config `section`) when the entry has a
+        config class. Every plugin table in `section` must name a registered entry."""
+        tables = getattr(section, "plugins", {})
+        for table in tables:
+            try:
+                self.canonical(table)
+            except Exception as exc:
+                raise ConfigError(f"[{where}.{table}]: a settings table for {self.kind} "
+                                  f"{table!r}, which is not registered: {exc}") from None
+        entry = self.entry(name)
+        if entry.name != name and name in tables:
+            raise ConfigError(f"[{where}.{name}]: {name!r} is an alias; name the table "
+                              f"[{where}.{entry.name}]")
+        settings = entry_settings(section, entry.name, entry.config_class, where)
+        if entry.config_class is not None:
+            kwargs["settings"] = settings
+        return entry.value(*args, **kwargs)

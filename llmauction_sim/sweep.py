@@ -167,12 +167,10 @@ def execute_run(spec: RunSpec, root: str) -> dict:
                 simulate(config, folder, resume=(folder / "config.json").is_file(),
                          progress=False)
             else:
-                from llmauction_sim.classic.equilibrium import (
-                    EquilibriumConfig,
-                    run_classic_equilibrium,
-                )
+                from llmauction_sim.classic.equilibrium import run_classic_equilibrium
+                from llmauction_sim.config import RunConfig
 
-                config = EquilibriumConfig.from_dict(spec.base).with_overrides(overrides)
+                config = RunConfig.from_dict(spec.base).with_overrides(overrides)
                 run_classic_equilibrium(config, folder,
                                         resume=(folder / "config.json").is_file())
         (folder / "error.txt").unlink(missing_ok=True)

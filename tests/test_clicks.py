@@ -353,7 +353,7 @@ class Scripted:
 
 
 def config_for_tests() -> RunConfig:
-    return RunConfig().with_overrides(["clicks.max_new_tokens=6"])
+    return RunConfig().with_overrides(["clicks.llm.max_new_tokens=6"])
 
 
 def mixed_requests() -> list[ClickRequest]:
@@ -462,7 +462,7 @@ def test_click_prompts_show_what_the_user_saw() -> None:
 def test_judges_on_the_embedded_model(packaged_catalog) -> None:
     from llmauction_sim.clicks.llm import load_user_lm
 
-    config = RunConfig().with_overrides(["clicks.max_new_tokens=48"])
+    config = RunConfig().with_overrides(["clicks.llm.max_new_tokens=48"])
     lm = load_user_lm(config)
     data = build_labelled_set(4, seed=0, catalog=packaged_catalog)
     reqs = [t.request for t in data]

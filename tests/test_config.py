@@ -347,14 +347,18 @@ def test_field_docs_cover_every_field() -> None:
     rows = field_docs(RunConfig)
     names = [row[0] for row in rows]
     assert len(names) == len(set(names))
-    expected = []
-    for f in dataclasses.fields(RunConfig):
-        value = getattr(RunConfig(), f.name)
-        if dataclasses.is_dataclass(value):
-            expected += [f"{f.name}.{g.name}" for g in dataclasses.fields(value)]
-        else:
-            expected.append(f.name)
-    assert names == expected
+
+    def leaves(value, prefix=""):  # every field, nested sections flattened, plugin tables not
+        out = []
+        for f in dataclasses.fields(value):
+            inner = getattr(value, f.name)
+            if dataclasses.is_dataclass(inner):
+                out += leaves(inner, f"{prefix}{f.name}.")
+            elif not f.metadata.get("plugins"):
+                out.append(prefix + f.name)
+        return out
+
+    assert names == leaves(RunConfig())
     for name, type_name, _default, help_text in rows:
         assert isinstance(help_text, str) and help_text.strip(), name
         assert isinstance(type_name, str) and type_name, name
@@ -370,3 +374,56 @@ def test_field_docs_defaults_match_real_defaults() -> None:
     config = RunConfig()
     for name, _type, default, _help in field_docs(RunConfig):
         assert default == _lookup(config, name), name
+
+
+# --- each entry's own section; renamed fields -----------------------------------------------------
+
+def test_each_builtin_mechanism_and_judge_has_its_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[mechanisms.mosaic]\nsamples = 5\n[mechanisms.llm_auction_tilted]\n'
+                    'temperature = 2.5\n[clicks.embedding]\nbias = -5.0\n')
+    config = RunConfig.load(path, ["mechanisms.pregen_gsp.payment=vcg"])
+    assert config.mechanisms.mosaic.samples == 5
+    assert config.mechanisms.llm_auction_tilted.temperature == 2.5
+    assert config.clicks.embedding.bias == -5.0 and config.clicks.llm.max_new_tokens == 96
+    assert config.mechanisms.pregen_gsp.payment == "vcg"
+    with pytest.raises(ConfigError, match="mechanisms.mosaic.samples = 0 is out of range"):
+        config.with_overrides(["mechanisms.mosaic.samples=0"])
+
+
+def test_plugin_tables_round_trip_and_keep_raw_values() -> None:
+    config = RunConfig().with_overrides(["mechanisms.my_mech.slots=2",
+                                         "bid_policies.pacer.target=1.5", "clicks.mine.base=0.5"])
+    assert config.mechanisms.plugins == {"my_mech": {"slots": "2"}}
+    assert config.bid_policies.plugins == {"pacer": {"target": "1.5"}}
+    data = config.to_dict()
+    assert data["mechanisms"]["my_mech"] == {"slots": "2"} and "plugins" not in data["mechanisms"]
+    assert RunConfig.from_dict(data) == config
+    with pytest.raises(ConfigError, match="unknown config field 'mechanisms.slots_'"):
+        RunConfig().with_overrides(["mechanisms.slots_=2"])
+
+
+def test_renamed_fields_still_load_and_overrides_warn() -> None:
+    old = {"mechanisms": {"mosaic_samples": 3, "tilted_temperature": 2.0, "gsp_payment": "vcg",
+                          "llm_auction_adapter": "a"},
+           "clicks": {"bias": -4.0, "max_new_tokens": 12}}
+    config = RunConfig.from_dict(old)  # an old run folder's config.json
+    assert (config.mechanisms.mosaic.samples, config.mechanisms.llm_auction_tilted.temperature,
+            config.mechanisms.pregen_gsp.payment, config.mechanisms.llm_auction.adapter) == \
+        (3, 2.0, "vcg", "a")
+    assert (config.clicks.embedding.bias, config.clicks.llm.max_new_tokens) == (-4.0, 12)
+    with pytest.warns(FutureWarning, match="'mechanisms.mosaic_tau' is now 'mechanisms.mosaic.tau'"):
+        assert RunConfig().with_overrides(["mechanisms.mosaic_tau=4"]).mechanisms.mosaic.tau == 4
+
+
+def test_the_classic_equilibrium_is_a_section_of_the_one_config(tmp_path: Path) -> None:
+    config = RunConfig().with_overrides(["classic.rounds=30", "values.high=2", "seed=4"])
+    assert config.classic.rounds == 30 and config.classic.values.high == 2.0
+    # The classic equilibrium's own config before: a file's [equilibrium] table, or its fields at
+    # the top level (sweep files, old run folders' config.json).
+    for data in ({"equilibrium": {"mechanism": "gsp", "rounds": 7, "seed": 2}},
+                 {"mechanism": "gsp", "rounds": 7, "seed": 2, "values": {"high": 3.0}}):
+        old = RunConfig.from_dict(data)
+        assert (old.seed, old.classic.mechanism, old.classic.rounds) == (2, "gsp", 7)
+    with pytest.raises(ConfigError, match="classic.ctr_low"):
+        RunConfig().with_overrides(["classic.ctr_low=2"])

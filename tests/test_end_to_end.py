@@ -152,8 +152,8 @@ def test_irpo_on_the_embedded_model_then_evaluate_the_trained_policy(tmp_path, c
                  "--test-queries", "2", "--data", str(data), "--out", str(tmp_path / "eval"),
                  "--set", "ad_sampling.max_new_tokens=24"]) == 0
     config = json.loads((tmp_path / "eval" / "config.json").read_text())
-    assert config["mechanisms"]["llm_auction_checkpoint"] == summary["policy"]["checkpoint"]
-    assert config["mechanisms"]["llm_auction_adapter"] == summary["policy"]["adapter"]
+    assert config["mechanisms"]["llm_auction"]["checkpoint"] == summary["policy"]["checkpoint"]
+    assert config["mechanisms"]["llm_auction"]["adapter"] == summary["policy"]["adapter"]
 
 
 def test_demo_shows_a_market_with_ads_and_the_bid_blind_comparison(llm_data: Path, capsys,

@@ -50,7 +50,7 @@ def test_the_docs_examples_run(doc_module, tmp_path) -> None:
     assert issubclass(ns["PositionJudge"], ClickJudge)
     assert MECHANISMS.entry("my_mechanism").config_class is ns["HighestBidsConfig"]
     assert llmauction_sim.bid_policy_descriptions()["my_bid_policy"] == \
-        "paces a bid multiplier towards ROI 1.5"
+        "paces a bid multiplier towards a target ROI"
     assert llmauction_sim.judge_descriptions()["my_judge"] == "position-biased clicks: base / k"
 
     run = tmp_path / "runs" / "extending"
@@ -59,17 +59,47 @@ def test_the_docs_examples_run(doc_module, tmp_path) -> None:
     import pandas as pd
 
     log = pd.read_parquet(run / "queries.parquet")
-    # One mention per answer, of the highest bid, and no format error.
+    # Two mentions per answer (mechanisms.my_mechanism.slots=2), of the highest bids, and no
+    # format error.
     for exposed, bids in zip(log["exposed"], log["bids"]):
         bids = dict(bids)
-        assert list(exposed) == [max(bids, key=bids.get)]
+        assert list(exposed) == sorted(bids, key=lambda ad: -bids[ad])[:2]
     assert (log["format_errors"] == 0).all()
+    config = json.loads((run / "config.json").read_text())
+    assert config["mechanisms"]["my_mechanism"] == {"slots": "2"}
+    assert config["bid_policies"]["my_bid_policy"] == {"target": "1.2"}
+    assert config["clicks"]["my_judge"] == {"base": "0.5"}
+
+
+def test_the_docs_settings_tables_build_each_entrys_config(doc_module) -> None:
+    from llmauction_sim import RunConfig, make_bid_policy, make_judge, make_mechanism
+    from llmauction_sim.config import ConfigError
+
+    for code in code_blocks("python")[:3]:  # the three definitions, without the run
+        exec(compile(code, str(DOC), "exec"), doc_module.__dict__)
+    (settings,) = [b for b in code_blocks("toml") if "[project]" not in b]
+    config = RunConfig.from_dict(tomllib.loads(settings))
+    assert make_mechanism("my_mechanism", config).slots == 2
+    policy = make_bid_policy("my_bid_policy", config.market, 10.0, None, config.bid_policies)
+    assert (policy.target, policy.step) == (1.2, 0.1)
+    assert make_judge("my_judge", config).base == 0.5
+    assert RunConfig.from_dict(config.to_dict()) == config  # config.json round trip
+
+    for override, message in (
+            ("mechanisms.my_mechansim.slots=2", "not registered"),
+            ("mechanisms.my_mechanism.slot=2", "unknown config field 'mechanisms.my_mechanism.slot'"),
+            ("mechanisms.my_mechanism.slots=two", "mechanisms.my_mechanism.slots: expected an "
+                                                  "integer")):
+        with pytest.raises(ConfigError, match=message):
+            make_mechanism("my_mechanism", config.with_overrides([override]))
+    with pytest.raises(ConfigError, match="has no settings"):
+        make_mechanism("pretrained", config.with_overrides(["mechanisms.pretrained.x=1"]))
 
 
 def test_the_docs_plugin_declaration_matches_the_registries(doc_module) -> None:
     for code in code_blocks("python")[:3]:  # the three definitions, without the run
         exec(compile(code, str(DOC), "exec"), doc_module.__dict__)
-    (toml,) = code_blocks("toml")
+    (toml,) = [b for b in code_blocks("toml") if "[project]" in b]
     points = tomllib.loads(toml)["project"]["entry-points"]
     assert set(points) == {MECHANISMS.group, BID_POLICIES.group, JUDGES.group}
     for registry in (MECHANISMS, BID_POLICIES, JUDGES):
@@ -139,3 +169,12 @@ def test_the_plugin_mechanism_runs_in_evaluate_from_the_command_line(tmp_path, c
         bids = dict(bids)
         top = max(bids, key=lambda ad: (bids[ad], ad))
         assert list(exposed) == [top] and list(clicked) == [top] and revenue == bids[top]
+    # The plugin's own settings table reaches it through the entry point.
+    status = main(["evaluate", "--mechanism", "top_bid", "--test-queries", "1", "--quiet",
+                   "--set", "mechanisms.top_bid.template=Try {mention}!",
+                   "--set", "clicks.judge=always_first", "--set", "data.query_writer=template",
+                   "--set", "data.profiles=12", "--set", "retrieval.num_candidates=4",
+                   "--out", str(tmp_path / "eval2")])
+    assert status == 0, capsys.readouterr().err
+    (answer,) = pd.read_parquet(tmp_path / "eval2" / "queries.parquet")["response"]
+    assert answer.startswith("Try @") and answer.endswith("]!")

@@ -136,6 +136,6 @@ def test_joint_schedule_needs_a_single_pass_policy(tmp_path, data):
     cfg = joint_config(data).with_overrides(["market.mechanism=mosaic"])
     with pytest.raises(ConfigError, match="llm_auction"):
         run_market_equilibrium(cfg, tmp_path, progress=False)
-    cfg = joint_config(data).with_overrides(["mechanisms.llm_auction_adapter=x"])
+    cfg = joint_config(data).with_overrides(["mechanisms.llm_auction.adapter=x"])
     with pytest.raises(ConfigError, match="ad_llm"):
         run_market_equilibrium(cfg, tmp_path, progress=False)

@@ -325,7 +325,7 @@ def test_registry_and_llm_auction_equals_pretrained(auction, packaged_catalog) -
     assert a == b and trained.name == "llm_auction"
     gsp = make_mechanism("pregen_gsp", config, ad_lm=lm, catalog=packaged_catalog,
                          click_model=FixedClickModel(pctr))
-    assert gsp.payment == "gsp" and gsp.slots == config.mechanisms.slots
+    assert gsp.payment == "gsp" and gsp.slots == config.mechanisms.pregen_gsp.slots
     mosaic = make_mechanism("mosaic", config, ad_lm=lm, catalog=packaged_catalog,
                             click_model=FixedClickModel(pctr))
     assert mosaic.samples == 20
@@ -373,13 +373,17 @@ def test_mosaic_names_its_pctr_model_and_refuses_a_judge_without_one(
 
 
 def test_mechanism_config_fields() -> None:
-    c = RunConfig().with_overrides(["mechanisms.slots=3", "mechanisms.slot_weights=1,0.6,0.3",
-                                    "mechanisms.gsp_payment=vcg", "mechanisms.mosaic_samples=2"])
-    assert c.mechanisms.slot_weights == [1.0, 0.6, 0.3] and c.mechanisms.gsp_payment == "vcg"
+    c = RunConfig().with_overrides(["mechanisms.pregen_gsp.slots=3",
+                                    "mechanisms.pregen_gsp.slot_weights=1,0.6,0.3",
+                                    "mechanisms.pregen_gsp.payment=vcg",
+                                    "mechanisms.mosaic.samples=2"])
+    gsp = c.mechanisms.pregen_gsp
+    assert gsp.slot_weights == [1.0, 0.6, 0.3] and gsp.payment == "vcg" and gsp.slots == 3
+    assert c.mechanisms.mosaic.samples == 2
     from llmauction_sim.config import ConfigError
 
     with pytest.raises(ConfigError):
-        RunConfig().with_overrides(["mechanisms.gsp_payment=second"])
+        RunConfig().with_overrides(["mechanisms.pregen_gsp.payment=second"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,7 +434,7 @@ def test_evaluate_every_mechanism_on_the_embedded_model(tmp_path) -> None:
     from llmauction_sim.lm.registry import load_language_model
 
     config = RunConfig().with_overrides([
-        "ad_sampling.max_new_tokens=12", "mechanisms.mosaic_samples=2",
+        "ad_sampling.max_new_tokens=12", "mechanisms.mosaic.samples=2",
         "retrieval.num_candidates=3", "data.profiles=12", "data.query_writer=template"])
     lm = load_language_model(config.ad_llm, seed=config.seed)
     summaries = {}

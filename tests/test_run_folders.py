@@ -347,8 +347,8 @@ def test_bad_numbers_are_refused_in_one_line(capsys, tmp_path, data, argv, needl
 
 
 def test_inf_is_refused_for_float_fields() -> None:
-    for override in ("penalty.per_ad=inf", "mechanisms.mosaic_tau=-inf",
-                     "mechanisms.slot_weights=1,inf"):
+    for override in ("penalty.per_ad=inf", "mechanisms.mosaic.tau=-inf",
+                     "mechanisms.pregen_gsp.slot_weights=1,inf"):
         with pytest.raises(ConfigError, match="not finite"):
             RunConfig().with_overrides([override])
 
@@ -383,10 +383,9 @@ def test_a_resume_reuses_the_sentence_vectors_of_the_interrupted_run(tmp_path,
 # --- classic equilibrium: checkpoints, resume, no silent overwrite --------------------------------
 
 def _classic(rounds: int):
-    from llmauction_sim.classic.equilibrium import EquilibriumConfig
-
-    return EquilibriumConfig(mechanism="first_price", advertisers="vm:2,um:2", rounds=rounds,
-                             auctions_per_round=50, seed=3)
+    return RunConfig(seed=3).with_overrides([
+        "classic.mechanism=first_price", "classic.advertisers=vm:2,um:2",
+        f"classic.rounds={rounds}", "classic.auctions_per_round=50"])
 
 
 def test_classic_equilibrium_resumes_an_interrupted_run_exactly(tmp_path, monkeypatch) -> None:

@@ -150,7 +150,7 @@ def test_tilt_on_the_embedded_warm_start_is_monotone_and_continuous() -> None:
     prefixes, _ = mention_prefixes(lm, prompts)
     log_q = mention_logprobs(lm, prompts, prefixes, reqs, [[a.id for a in r.candidates]
                                                           for r in reqs])
-    temperature, grid = config.mechanisms.tilted_temperature, np.linspace(0, 100, 401)
+    temperature, grid = config.mechanisms.llm_auction_tilted.temperature, np.linspace(0, 100, 401)
     for r, lq in zip(reqs, log_q):
         assert np.all(np.isfinite(lq)) and len(lq) == 4
         pctr = np.array([0.1, 0.25, 0.4, 0.05])

@@ -41,31 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from llmauction_sim.config import ConfigBase, ConfigError, option
+from llmauction_sim.config import ConfigError, ValueConfig
 from llmauction_sim.registry import Registry
 
 # --------------------------------------------------------------------------------------------------
 # values per click
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ValueConfig(ConfigBase):
-    distribution: str = option("uniform", "Distribution of values per click.",
-                               choices=["uniform", "lognormal", "constant"])
-    low: float = option(0.0, "uniform: lower end of the values per click.", min=0.0)
-    high: float = option(1.0, "uniform: upper end; constant: the value of every advertiser.",
-                         min=0.0, exclusive_min=True)
-    log_mean: float = option(0.0, "lognormal: mean of log(value).")
-    log_sigma: float = option(0.5, "lognormal: standard deviation of log(value).", min=0.0)
-    redraw: str = option("per_auction", "per_auction: every advertiser draws a fresh value in every "
-                         "auction (i.i.d., the textbook symmetric setting); once: each advertiser "
-                         "draws one value per click for the whole run.",
-                         choices=["per_auction", "once"])
-
-    def validate(self) -> None:
-        if self.distribution == "uniform" and self.low >= self.high:
-            raise ConfigError(f"low = {self.low} must be below high = {self.high}")
 
 
 class ValueSampler:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +43,11 @@ from llmauction_sim.classic.bidding import (
     Bidders,
     PopulationEntry,
     RoundFeedback,
-    ValueConfig,
     ValueSampler,
     default_grid,
     parse_population,
 )
-from llmauction_sim.config import ConfigBase, ConfigError, option, section
+from llmauction_sim.config import ClassicConfig, ConfigError, RunConfig, ValueConfig
 from llmauction_sim.manifest import write_json
 from llmauction_sim.runfolder import (
     atomic_parquet,
@@ -57,33 +55,6 @@ from llmauction_sim.runfolder import (
     classic_equilibrium_bytes,
     open_run_folder,
 )
-
-
-@dataclass(frozen=True)
-class EquilibriumConfig(ConfigBase):
-    mechanism: str = option("first_price", "Classic auction: first_price, second_price or gsp "
-                            "(any name in the classic-auction registry).")
-    advertisers: str = option("vm:4,um:4", "Population: type:count[:key=value...] entries, "
-                              "comma separated (types truthful, fixed_shading, fixed_bid, vm, "
-                              "um).")
-    rounds: int = option(300, "Learning rounds.", min=1)
-    auctions_per_round: int = option(1000, "Auctions per round, run at once.", min=1)
-    seed: int = option(0, "The one seed every random draw derives from.")
-    slot_weights: list[float] = option([1.0], "Position weights of the slots (first = top slot).")
-    reserve: float = option(0.0, "Reserve price per click.", min=0.0)
-    ctr_low: float = option(1.0, "Click-through rates are uniform in [ctr_low, ctr_high] per "
-                            "(auction, advertiser); 1 and 1 = every allocated slot is clicked.",
-                            min=0.0, exclusive_min=True)
-    ctr_high: float = option(1.0, "Upper end of the click-through rates.", min=0.0,
-                             exclusive_min=True)
-    grid_points: int = option(51, "Shading factors on the learners' and regret grid.", min=2)
-    grid_max: float = option(1.0, "Largest shading factor on the grid (raise it above 1/tau for "
-                             "value maximizers with tau < 1).", min=0.0, exclusive_min=True)
-    values: ValueConfig = section(ValueConfig, "Values per click.")
-
-    def validate(self) -> None:
-        if self.ctr_low > self.ctr_high:
-            raise ConfigError(f"ctr_low = {self.ctr_low} must be <= ctr_high = {self.ctr_high}")
 
 
 def check_classic_mechanism(name: str) -> None:
@@ -259,38 +230,41 @@ def run_equilibrium(mechanism: str = "first_price",
     return EquilibriumResult(rounds_df, market_df, summary)
 
 
-def run_from_config(config: EquilibriumConfig, out: str | Path | None = None, *,
+def run_from_config(config: RunConfig, out: str | Path | None = None, *,
                     resume: bool = False) -> EquilibriumResult:
-    """`run_equilibrium` with every setting from an `EquilibriumConfig`; also writes config.json.
+    """`run_equilibrium` with every setting from the run config's `classic` section and its
+    seed; also writes OUT/config.json.
 
     Without `resume`, a folder that already holds a run is refused rather than overwritten; with
     it, the run continues from its last checkpoint with its own config (`rounds` may only grow).
     """
-    check_classic_mechanism(config.mechanism)
+    c = config.classic
+    check_classic_mechanism(c.mechanism)
     if out is not None:
         saved = Path(out) / "config.json"
         if saved.is_file() and not resume:
             raise ConfigError(f"{out} already holds an equilibrium run; pass --resume to continue "
                               "it or give another --out")
         if resume and saved.is_file():
-            old = EquilibriumConfig.from_dict(json.loads(saved.read_text()))
-            if old.replace(rounds=config.rounds) != config:
+            old = RunConfig.from_dict(json.loads(saved.read_text()))
+            if (old.seed, old.classic.replace(rounds=c.rounds)) != (config.seed, c):
                 raise ConfigError(f"{out} holds an equilibrium run with another config (only "
                                   "--rounds may change on --resume); give another --out")
         write_json(saved, config.to_dict())
     return run_equilibrium(
-        config.mechanism, config.advertisers, config.rounds, config.auctions_per_round,
-        config.seed, values=config.values, slot_weights=config.slot_weights,
-        reserve=config.reserve, ctr_range=(config.ctr_low, config.ctr_high),
-        grid=default_grid(config.grid_points, config.grid_max), out=out, resume=resume)
+        c.mechanism, c.advertisers, c.rounds, c.auctions_per_round, config.seed,
+        values=c.values, slot_weights=c.slot_weights, reserve=c.reserve,
+        ctr_range=(c.ctr_low, c.ctr_high), grid=default_grid(c.grid_points, c.grid_max),
+        out=out, resume=resume)
 
 
-def run_classic_equilibrium(config, out: str | Path, resume: bool = False):
+def run_classic_equilibrium(config: RunConfig, out: str | Path, resume: bool = False):
     """`run_from_config` into a checked, locked run folder, after a memory estimate."""
-    n = sum(e.num_copies for e in parse_population(config.advertisers))
-    check_memory(classic_equilibrium_bytes(n, config.auctions_per_round, config.grid_points),
-                 f"the classic equilibrium with {n:,} advertisers x {config.auctions_per_round:,} "
-                 f"auctions per round x {config.grid_points} grid points",
+    c = config.classic
+    n = sum(e.num_copies for e in parse_population(c.advertisers))
+    check_memory(classic_equilibrium_bytes(n, c.auctions_per_round, c.grid_points),
+                 f"the classic equilibrium with {n:,} advertisers x {c.auctions_per_round:,} "
+                 f"auctions per round x {c.grid_points} grid points",
                  "use fewer advertisers, auctions per round (--auctions-per-round) or "
                  "grid_points")
     with open_run_folder(out, "equilibrium", resume=resume) as folder:
@@ -316,24 +290,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def config_from_cli(*, mechanism: str | None = None, advertisers: str | None = None,
-                    rounds: int | None = None, auctions_per_round: int | None = None,
-                    seed: int | None = None, config_file: str | Path | None = None,
-                    overrides: list[str] = ()) -> EquilibriumConfig:
-    """The config of `llmauction equilibrium`: file (its ``[equilibrium]`` table, or the whole file),
-    then ``--set field=value`` overrides, then the explicit flags."""
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = tomllib.loads(path.read_text())
-        data = data.get("equilibrium", data)
-    config = EquilibriumConfig.from_dict(data).with_overrides(list(overrides))
-    flags = {"mechanism": mechanism, "advertisers": advertisers, "rounds": rounds,
-             "auctions_per_round": auctions_per_round, "seed": seed}
-    config = config.replace(**{k: v for k, v in flags.items() if v is not None})
-    check_classic_mechanism(config.mechanism)
-    parse_population(config.advertisers)
+def classic_config(config: RunConfig, **flags: Any) -> RunConfig:
+    """`config` with the command line's classic settings (`mechanism`, `advertisers`, `rounds`,
+    `auctions_per_round`; None = keep the config's) in its `classic` section, checked."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = set(given) - set(ClassicConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"classic_config got unknown settings {sorted(unknown)}")
+    config = config.replace(classic=config.classic.replace(**given).to_dict())
+    check_classic_mechanism(config.classic.mechanism)
+    parse_population(config.classic.advertisers)
     return config
-

@@ -106,6 +106,7 @@ def make_judge(name: str, config, **resources) -> ClickJudge:
     """Build the judge registered as `name`; an unknown name lists the known ones.
 
     `resources` (all optional) are `user_lm` (a `LanguageModel`), `encoder` (a `TextEncoder`) and
-    `catalog`; a judge loads what it needs and was not given.
+    `catalog`; a judge loads what it needs and was not given. A judge registered with a config
+    class also gets ``settings=``, built from its table ``[clicks.<name>]``.
     """
-    return JUDGES.get(name)(config, **resources)
+    return JUDGES.build(name, config.clicks, "clicks", config, **resources)

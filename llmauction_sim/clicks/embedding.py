@@ -25,7 +25,7 @@ from llmauction_sim.clicks.base import (
     keep_one_per_group,
     register_judge,
 )
-from llmauction_sim.config import ClickConfig
+from llmauction_sim.config import EmbeddingJudgeConfig
 from llmauction_sim.domain.catalog import Ad, Catalog
 from llmauction_sim.domain.mentions import Mention, parse_mentions
 from llmauction_sim.lm.encoder import catalog_embeddings, interests_text
@@ -35,7 +35,7 @@ WOVEN_WORDS = 6
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
-_DEFAULTS = ClickConfig()
+_DEFAULTS = EmbeddingJudgeConfig()
 
 
 def find_mentions(request: ClickRequest) -> tuple[list[Mention | None], list[Mention]]:
@@ -113,8 +113,10 @@ class EmbeddingJudge(ClickModel):
             self._catalog_vectors = {ad.id: vectors[i] for i, ad in enumerate(catalog)}
 
     @classmethod
-    def from_config(cls, config, *, encoder, catalog: Catalog | None = None) -> EmbeddingJudge:
-        c = config.clicks
+    def from_config(cls, config, *, encoder, catalog: Catalog | None = None,
+                    settings: EmbeddingJudgeConfig | None = None) -> EmbeddingJudge:
+        """From the run config; `settings` defaults to its table ``[clicks.embedding]``."""
+        c = settings or config.clicks.embedding
         return cls(encoder, catalog, bias=c.bias, relevance_weight=c.relevance_weight,
                    profile_weight=c.profile_weight, nativeness_weight=c.nativeness_weight,
                    fatigue=c.fatigue, duplicate_similarity=c.duplicate_similarity)
@@ -188,7 +190,8 @@ class EmbeddingJudge(ClickModel):
         return decisions
 
 
-def make_embedding_judge(config, *, user_lm=None, encoder=None, catalog=None) -> EmbeddingJudge:
+def make_embedding_judge(config, *, settings=None, user_lm=None, encoder=None, catalog=None
+                         ) -> EmbeddingJudge:
     """Registered as 'embedding'; loads the encoder (`retrieval.encoder`) and catalog if not given."""
     if encoder is None:
         from llmauction_sim.lm.encoder import load_encoder
@@ -198,8 +201,9 @@ def make_embedding_judge(config, *, user_lm=None, encoder=None, catalog=None) ->
         from llmauction_sim.domain.catalog import load_catalog
 
         catalog = load_catalog(config.data.catalog)
-    return EmbeddingJudge.from_config(config, encoder=encoder, catalog=catalog)
+    return EmbeddingJudge.from_config(config, encoder=encoder, catalog=catalog, settings=settings)
 
 
 register_judge("embedding", make_embedding_judge,
-               "click model on sentence embeddings: relevance and nativeness (default)")
+               "click model on sentence embeddings: relevance and nativeness (default)",
+               config_class=EmbeddingJudgeConfig)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from llmauction_sim.clicks.base import ClickDecision, ClickJudge, ClickRequest, register_judge
+from llmauction_sim.config import LlmJudgeConfig
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
 from llmauction_sim.lm.prompts import click_judge_messages
@@ -182,9 +183,12 @@ class LLMJudge(ClickJudge):
         self.sampling = sampling
 
     @classmethod
-    def from_config(cls, config, *, user_lm: LanguageModel) -> LLMJudge:
+    def from_config(cls, config, *, user_lm: LanguageModel,
+                    settings: LlmJudgeConfig | None = None) -> LLMJudge:
+        """From the run config; `settings` defaults to its table ``[clicks.llm]``."""
+        settings = settings or config.clicks.llm
         sampling = SamplingParams.from_config(config.user_sampling,
-                                              max_new_tokens=config.clicks.max_new_tokens)
+                                              max_new_tokens=settings.max_new_tokens)
         return cls(user_lm, sampling)
 
     def replies(self, requests: Sequence[ClickRequest], rng: np.random.Generator
@@ -222,10 +226,12 @@ def load_user_lm(config) -> LanguageModel:
     return load_language_model(config.user_llm, seed=config.seed, run_config=config)
 
 
-def make_llm_judge(config, *, user_lm=None, encoder=None, catalog=None) -> LLMJudge:
+def make_llm_judge(config, *, settings=None, user_lm=None, encoder=None, catalog=None
+                   ) -> LLMJudge:
     """Registered as 'llm'; loads the User-LLM (`user_llm`) if not given."""
     return LLMJudge.from_config(config, user_lm=user_lm if user_lm is not None
-                                else load_user_lm(config))
+                                else load_user_lm(config), settings=settings)
 
 
-register_judge("llm", make_llm_judge, "the paper's User-LLM reading the answer and listing its clicks")
+register_judge("llm", make_llm_judge, "the paper's User-LLM reading the answer and listing its clicks",
+               config_class=LlmJudgeConfig)

@@ -45,7 +45,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def policy_paths(run_dir: str | os.PathLike) -> dict:
     """The newest policy of an IRPO run folder as {"checkpoint": model folder or None, "adapter":
-    adapter folder or None}: the mechanisms.llm_auction_checkpoint / _adapter settings."""
+    adapter folder or None}: the mechanisms.llm_auction.checkpoint / .adapter settings."""
     run_dir = Path(run_dir)
     warm = read_json(run_dir / "epoch-0" / "warmstart.json", {})
     checkpoint = str(run_dir / warm["policy"]) if warm.get("policy") else None

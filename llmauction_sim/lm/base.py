@@ -85,6 +85,32 @@ class LanguageModel(Protocol):
         ...
 
 
+@runtime_checkable
+class SampleScorer(Protocol):
+    """A model that scores several answers per prompt at once (the transformers backend)."""
+
+    def score_samples(self, prompts: Sequence[Chat], samples: Sequence[Sequence[str]],
+                      params: SamplingParams | None = None
+                      ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        ...
+
+
+def score_samples(lm: LanguageModel, prompts: Sequence[Chat], samples: Sequence[Sequence[str]],
+                  params: SamplingParams | None = None
+                  ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(log p, log q under `params` or None) of every answer in `samples` (a list per prompt):
+    the model's own `score_samples` where it has one, else `score` once or twice."""
+    if isinstance(lm, SampleScorer):
+        return lm.score_samples(prompts, samples, params)
+    repeated = [p for p, answers in zip(prompts, samples) for _ in answers]
+    flat = [a for answers in samples for a in answers]
+    cuts = np.cumsum([len(answers) for answers in samples])[:-1]
+    ref = np.split(np.asarray(lm.score(repeated, flat), np.float64), cuts)
+    if params is None:
+        return ref, None
+    return ref, np.split(np.asarray(lm.score(repeated, flat, params), np.float64), cuts)
+
+
 def encode_chat(tokenizer, chat: Chat) -> list[int]:
     """Token ids of `chat` with the assistant's turn opened; when the last message is the
     assistant's, its text is continued (a partly written answer) instead."""

@@ -299,10 +299,46 @@ class TransformersLM:
             for start in range(0, len(order), rows_per_batch):
                 rows = [i for i in order[start:start + rows_per_batch] if tails[i]]
                 if rows:
-                    for i, values in zip(rows, self._score_option_rows(
-                            [encoded[i] for i in rows], [tails[i] for i in rows])):
-                        out[i] = values
+                    values, _ = self._score_option_rows([encoded[i] for i in rows],
+                                                        [tails[i] for i in rows])
+                    for i, v in zip(rows, values):
+                        out[i] = v
         return out
+
+    @torch.inference_mode()
+    def score_samples(self, prompts: Sequence[Chat], samples: Sequence[Sequence[str]],
+                      params: SamplingParams | None = None
+                      ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """`score` of several answers to each prompt (MOSAIC's M samples): each prompt runs once
+        and its answers on copies of its cache, and one pass gives both log p under the model and,
+        with `params`, log q under the sampling distribution. Returns (log p, log q or None), one
+        array per prompt in answer order."""
+        if len(prompts) != len(samples):
+            raise ValueError(f"score_samples got {len(prompts)} prompts but {len(samples)} lists "
+                             "of answers; pass one list per prompt")
+        encoded = [self.encode_chat(p) for p in prompts]
+        tails = [[self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in answers]
+                 for answers in samples]
+        ref = [np.zeros(len(t)) for t in tails]
+        prop = [np.zeros(len(t)) for t in tails] if params is not None else None
+        order = [i for i in sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+                 if any(tails[i])]
+        batches, rows = [[]], 0
+        for i in order:  # whole prompts, about max_batch_size answers per forward pass
+            if batches[-1] and rows + len(tails[i]) > self.max_batch_size:
+                batches.append([])
+                rows = 0
+            batches[-1].append(i)
+            rows += len(tails[i])
+        with fast_cpu_inference(self.model, self.cpu_kernels):
+            for batch in filter(None, batches):
+                values, proposal = self._score_option_rows([encoded[i] for i in batch],
+                                                           [tails[i] for i in batch], params)
+                for k, i in enumerate(batch):
+                    ref[i] = values[k]
+                    if prop is not None:
+                        prop[i] = proposal[k]
+        return ref, prop
 
     def _padded(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids padded to the longest row (on the left or the right) and their mask."""
@@ -315,8 +351,11 @@ class TransformersLM:
             mask[i, span] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _score_option_rows(self, prompts: list[list[int]], tails: list[list[list[int]]]
-                           ) -> list[np.ndarray]:
+    def _score_option_rows(self, prompts: list[list[int]], tails: list[list[list[int]]],
+                           params: SamplingParams | None = None
+                           ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """(log p, log q under `params` or None) of every tail of every prompt: the prompts run
+        once, their tails on copies of the prompt cache."""
         ids, mask = self._padded(prompts, left=True)
         cache = DynamicCache()
         first = self.model(input_ids=ids, attention_mask=mask,
@@ -334,14 +373,23 @@ class TransformersLM:
                             position_ids=lengths[:, None] + torch.arange(t_max,
                                                                          device=self.device),
                             cache=cache, use_cache=True).logits.float()
-        lp = torch.log_softmax(torch.cat([first[owner, None], logits[:, :-1]], 1), -1)
-        token_lp = lp.gather(-1, opt_ids[..., None]).squeeze(-1) * opt_mask
-        values = token_lp.sum(-1).cpu().numpy().astype(np.float64)
-        out, k = [], 0
-        for opts in tails:
-            out.append(values[k:k + len(opts)])
-            k += len(opts)
-        return out
+        logits = torch.cat([first[owner, None], logits[:, :-1]], 1)
+        token_lp = torch.log_softmax(logits, -1).gather(-1, opt_ids[..., None]).squeeze(-1)
+
+        def per_prompt(values: torch.Tensor) -> list[np.ndarray]:
+            values = values.sum(-1).cpu().numpy().astype(np.float64)
+            out, k = [], 0
+            for opts in tails:
+                out.append(values[k:k + len(opts)])
+                k += len(opts)
+            return out
+
+        ref = per_prompt(token_lp * opt_mask)
+        if params is None:
+            return ref, None
+        bias = logit_bias_matrix([params], logits.shape[-1], self.device)
+        q = proposal_logprobs(logits if bias is None else logits + bias, opt_ids, params)
+        return ref, per_prompt(torch.where(opt_mask.bool(), q, torch.zeros_like(q)))
 
     def _score_sorted(self, pairs, order, params) -> np.ndarray:
         result = np.zeros(len(pairs))

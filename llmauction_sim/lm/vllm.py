@@ -124,7 +124,7 @@ class VLLMModel:
             raise ValueError("vLLM scores a sampling distribution from the top-k prompt "
                              "log-probs, so it needs temperature > 0 and top_k > 0 (got "
                              f"temperature={params.temperature}, top_k={params.top_k}); set "
-                             "ad_sampling.top_k, or mechanisms.mosaic_correction = 'none'")
+                             "ad_sampling.top_k, or mechanisms.mosaic.correction = 'none'")
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} "
                              "continuations; pass one continuation per prompt")

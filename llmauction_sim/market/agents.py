@@ -15,7 +15,7 @@ import mesa
 import numpy as np
 
 from llmauction_sim.classic.bidding import CLASSIC_POLICIES, parse_population
-from llmauction_sim.config import ConfigError
+from llmauction_sim.config import BidPolicyConfig, ConfigError
 from llmauction_sim.domain.catalog import Ad
 from llmauction_sim.domain.users import UserProfile
 from llmauction_sim.mechanisms.base import Allocation, AuctionRequest, Mechanism
@@ -147,8 +147,13 @@ def check_bidding(spec: str) -> None:
         BID_POLICIES.canonical(spec)
 
 
-def make_bid_policy(name: str, market_config, value: float, rng: np.random.Generator) -> BidPolicy:
-    policy = BID_POLICIES.get(name)(market_config, value, rng)
+def make_bid_policy(name: str, market_config, value: float, rng: np.random.Generator,
+                    bid_policies: BidPolicyConfig | None = None) -> BidPolicy:
+    """One advertiser's policy: ``factory(market_config, value, rng)``, plus ``settings=`` (its
+    table ``[bid_policies.<name>]`` of the run config's `bid_policies` section) when the policy
+    was registered with a config class."""
+    policy = BID_POLICIES.build(name, bid_policies or BidPolicyConfig(), "bid_policies",
+                                market_config, value, rng)
     if not isinstance(policy, BidPolicy):
         raise TypeError(f"bid policy {name!r} built a {type(policy).__name__}; bid policies "
                         "subclass llmauction_sim.BidPolicy")

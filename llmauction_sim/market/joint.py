@@ -46,14 +46,14 @@ SINGLE_PASS = ("pretrained", "llm_auction")
 
 
 def check_joint(config: RunConfig) -> None:
-    market, mech = config.market, config.mechanisms
+    market, trained = config.market, config.mechanisms.llm_auction
     if market.mechanism not in SINGLE_PASS:
         raise ConfigError(f"market.rounds_per_epoch retrains the Ad-LLM, so the mechanism must be "
                           f"the trained policy itself ({' or '.join(SINGLE_PASS)}), not "
                           f"{market.mechanism!r}; set --mechanism llm_auction")
-    if mech.llm_auction_checkpoint or mech.llm_auction_adapter:
+    if trained.checkpoint or trained.adapter:
         raise ConfigError("market.rounds_per_epoch trains from ad_llm.name / ad_llm.adapter; "
-                          "set those instead of mechanisms.llm_auction_checkpoint / _adapter")
+                          "set those instead of mechanisms.llm_auction.checkpoint / .adapter")
 
 
 def joint_data(config: RunConfig, out: Path) -> Path:

@@ -112,7 +112,8 @@ class AdMarket(mesa.Model):
             factories = population_factories(market.bidding, len(self.catalog))
             policies = [f(market, v, setup) for f, v in zip(factories, values)]
         else:
-            policies = [make_bid_policy(market.bidding, market, v, setup) for v in values]
+            policies = [make_bid_policy(market.bidding, market, v, setup, config.bid_policies)
+                        for v in values]
         self.advertisers = {ad.id: AdvertiserAgent(self, ad, v, policy)
                             for ad, v, policy in zip(self.catalog, values, policies)}
         self.auctioneer = AuctioneerAgent(self, mechanism)

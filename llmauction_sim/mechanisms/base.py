@@ -136,4 +136,6 @@ def check_mechanism(name: str) -> None:
 
 
 def make_mechanism(name: str, config, **resources) -> Mechanism:
-    return MECHANISMS.get(name)(config, **resources)
+    """Build the mechanism registered as `name`: ``factory(config, **resources)``, plus
+    ``settings=`` (its table ``[mechanisms.<name>]``) when it was registered with a config class."""
+    return MECHANISMS.build(name, config.mechanisms, "mechanisms", config, **resources)

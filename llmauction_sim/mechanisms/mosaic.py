@@ -10,7 +10,7 @@ answer with the self-normalised importance weights for the target pi_ref(y) exp(
 (`mosaic_weights`): w ~ exp(R/tau) pi_ref(y) / q(y), where q is the distribution the
 samples came from (ad_sampling's temperature, top-k, top-p; scored by
 `score(..., params)`). With q = pi_ref (T = 1, no truncation) this is softmax(R/tau), and
-`mechanisms.mosaic_correction = "none"` uses softmax(R/tau) whatever q is. As M grows the
+`mechanisms.mosaic.correction = "none"` uses softmax(R/tau) whatever q is. As M grows the
 selection converges to the KL-regularised optimum with beta = tau; a proposal far from pi_ref
 makes the weights uneven (few samples carry the mass), which `effective_samples` reports.
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmauction_sim.config import MosaicConfig
 from llmauction_sim.domain.mentions import (
     exposure_revenue,
     format_penalty,
@@ -34,7 +35,7 @@ from llmauction_sim.domain.mentions import (
     validate_response,
 )
 from llmauction_sim.domain.payments import first_price_per_click, myerson_payment
-from llmauction_sim.lm.base import LanguageModel, SamplingParams, samples_from_model
+from llmauction_sim.lm.base import LanguageModel, SamplingParams, samples_from_model, score_samples
 from llmauction_sim.lm.prompts import ad_llm_messages
 from llmauction_sim.mechanisms.base import (
     Allocation,
@@ -161,12 +162,10 @@ class MosaicMechanism(Mechanism):
                 flat_req.append(r)
                 flat_alloc.append(Allocation(c.text, report, format_penalty(report, self.penalty)))
         pctr = response_pctr(self.click_model, flat_req, flat_alloc)
-        repeated, texts = [p for p in prompts for _ in range(m)], [a.response for a in flat_alloc]
-        log_ref = np.asarray(self.lm.score(repeated, texts), np.float64)
-        log_ratio = None
-        if self.proposal is not None:
-            log_ratio = log_ref - np.asarray(self.lm.score(repeated, texts, self.proposal),
-                                             np.float64)
+        texts = [[a.response for a in flat_alloc[q * m:(q + 1) * m]] for q in range(len(prompts))]
+        ref, proposal = score_samples(self.lm, prompts, texts, self.proposal)
+        log_ref = np.concatenate(ref)
+        log_ratio = log_ref - np.concatenate(proposal) if proposal is not None else None
         result: list[Allocation] = []
         for q, r in enumerate(requests):
             sl = slice(q * m, (q + 1) * m)
@@ -215,15 +214,16 @@ class MosaicMechanism(Mechanism):
         return payments
 
 
-def _mosaic(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
-            **_):
+def _mosaic(config, *, settings: MosaicConfig, ad_lm=None, catalog=None, click_model=None,
+            encoder=None, user_lm=None, **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog, user_lm=user_lm)
-    m = config.mechanisms
+    m = settings
     return MosaicMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
-                           m.mosaic_samples, m.mosaic_tau, m.mosaic_lambda, m.mosaic_payment,
-                           m.mosaic_correction, config.ad_prompt)
+                           m.samples, m.tau, m.penalty_weight, m.payment, m.correction,
+                           config.ad_prompt)
 
 
-register_mechanism("mosaic", _mosaic, "MOSAIC: post-generation selection among M sampled answers")
+register_mechanism("mosaic", _mosaic, "MOSAIC: post-generation selection among M sampled answers",
+                   config_class=MosaicConfig)

@@ -2,11 +2,12 @@
 
 1. Score every candidate by bid x pCTR (pCTR: the click model's probability of the ad inside a
    templated sentence, `pctr.template_pctr`).
-2. The top `mechanisms.slots` ads win slots 1..k in score order.
+2. The top `mechanisms.pregen_gsp.slots` ads win slots 1..k in score order.
 3. The Ad-LLM gets a prompt (`prompts.ad_llm_slot_messages`) listing exactly the winners (in the
    compact style: the usual Ad-LLM prompt with the winners as its ad list) and writes them in.
 4. A click on a valid mention of a winner costs its slot price: GSP (next score / own pCTR),
-   VCG (externality per expected click, with `mechanisms.slot_weights`) or first price (own bid).
+   VCG (externality per expected click, with `mechanisms.pregen_gsp.slot_weights`) or first
+   price (own bid).
    A mention of a candidate that did not win is a format error (NON_CANDIDATE) and never charged.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmauction_sim.config import PregenGspConfig
 from llmauction_sim.domain.mentions import format_penalty, validate_response
 from llmauction_sim.domain.payments import (
     gsp_prices,
@@ -125,15 +127,16 @@ class PregenGSPMechanism(Mechanism):
         return per_click(prices, [c for c in clicked if c in exposed and c in prices])
 
 
-def _pregen_gsp(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
-                **_):
+def _pregen_gsp(config, *, settings: PregenGspConfig, ad_lm=None, catalog=None, click_model=None,
+                encoder=None, user_lm=None, **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog, user_lm=user_lm)
-    m = config.mechanisms
     return PregenGSPMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
-                              m.slots, m.slot_weights, m.gsp_payment, config.ad_prompt)
+                              settings.slots, settings.slot_weights, settings.payment,
+                              config.ad_prompt)
 
 
 register_mechanism("pregen_gsp", _pregen_gsp,
-                   "pre-generation slot auction (GSP), then the Ad-LLM writes the winners in")
+                   "pre-generation slot auction (GSP), then the Ad-LLM writes the winners in",
+                   config_class=PregenGspConfig)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmauction_sim.config import TiltedConfig
 from llmauction_sim.domain.mentions import format_penalty, render_mention, validate_response
 from llmauction_sim.lm.base import LanguageModel, SamplingParams
 from llmauction_sim.lm.prompts import ad_llm_messages
@@ -214,16 +215,16 @@ def _continued(prompt, prefix: str):
     return [*prompt, {"role": "assistant", "content": prefix}]
 
 
-def _tilted(config, *, ad_lm=None, catalog=None, click_model=None, encoder=None, user_lm=None,
-            **_):
+def _tilted(config, *, settings: TiltedConfig, ad_lm=None, catalog=None, click_model=None,
+            encoder=None, user_lm=None, **_):
     ad_lm, catalog = policy_lm_and_catalog(config, ad_lm, catalog)
     click_model = load_click_model(config, click_model=click_model, encoder=encoder,
                                    catalog=catalog, user_lm=user_lm)
-    m = config.mechanisms
     return TiltedMechanism(ad_lm, click_model, config.ad_sampling, config.penalty, catalog.ids,
-                           config.ad_prompt, m.tilted_temperature, m.tilted_max_ads,
-                           m.tilted_lambda)
+                           config.ad_prompt, settings.temperature, settings.max_ads,
+                           settings.penalty_weight)
 
 
 register_mechanism("llm_auction_tilted", _tilted,
-                   "the paper's optimal policy pi_0 exp(R/beta) applied at decoding time")
+                   "the paper's optimal policy pi_0 exp(R/beta) applied at decoding time",
+                   config_class=TiltedConfig)

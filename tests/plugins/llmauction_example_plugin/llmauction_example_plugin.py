@@ -34,9 +34,9 @@ class TopBidMechanism(Mechanism):
     description = "mentions the top-bid candidate in a fixed sentence (no language model)"
     config_class = TopBidConfig
 
-    def __init__(self, config, *, catalog=None, **resources):
+    def __init__(self, config, *, settings: TopBidConfig, catalog=None, **resources):
         self.penalty = config.penalty
-        self.settings = TopBidConfig()
+        self.settings = settings  # the run config's [mechanisms.top_bid] table
 
     def allocate(self, requests, rng):
         out = []
