@@ -50,7 +50,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmauction_sim.config import ConfigError
+from llmauction_sim.config import ConfigError, RunConfig
 from llmauction_sim.manifest import write_json
 from llmauction_sim.runfolder import atomic_parquet, open_run_folder
 
@@ -160,7 +160,6 @@ def execute_run(spec: RunSpec, root: str) -> dict:
         if not _finished(folder):
             overrides = [*spec.overrides, f"seed={spec.seed}"]
             if spec.kind == "simulate":
-                from llmauction_sim.config import RunConfig
                 from llmauction_sim.market import simulate
 
                 config = RunConfig.from_dict(spec.base).with_overrides(overrides)
@@ -168,7 +167,6 @@ def execute_run(spec: RunSpec, root: str) -> dict:
                          progress=False)
             else:
                 from llmauction_sim.classic.equilibrium import run_classic_equilibrium
-                from llmauction_sim.config import RunConfig
 
                 config = RunConfig.from_dict(spec.base).with_overrides(overrides)
                 run_classic_equilibrium(config, folder,
