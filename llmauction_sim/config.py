@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names the field and the fix."""
 
 
+class _UnsupportedType(ConfigError):
+    """A field type the config files cannot spell (raised by `_coerce`)."""
+
+
 def option(default: Any, help: str, *, choices: Iterable[Any] | None = None,
            min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> Any:
     """A dataclass field with a help text and simple bounds checked on construction."""
@@ -121,7 +125,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value in typing.get_args(tp):
             return value
         raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
-    raise ConfigError(f"{where}: unsupported type {tp!r}")
+    raise _UnsupportedType(f"{where}: unsupported type {tp!r}")
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
@@ -287,16 +291,21 @@ def _plugin_field(cls: type) -> str | None:
     return None
 
 
+def plugin_tables_of(section: ConfigBase) -> dict[str, dict]:
+    """The plugin tables a section holds, by entry name ({} for a section without them)."""
+    tables = _plugin_field(type(section))
+    return getattr(section, tables) if tables else {}
+
+
 def entry_settings(section: ConfigBase, name: str, config_class: type | None, where: str) -> Any:
     """Settings of the registered entry `name` from its table in config `section` (e.g.
     ``config.mechanisms``, `where` = "mechanisms"): the section's own field of that name where it
     has one (the built-ins), else `config_class` built from the plugin table (defaults where the
     table is silent); None for an entry without a config class."""
-    own = {f.name for f in dataclasses.fields(section)} - {_plugin_field(type(section))}
-    if name in own and isinstance(getattr(section, name), ConfigBase):
-        return getattr(section, name)
-    tables = _plugin_field(type(section))
-    table = getattr(section, tables).get(name, {}) if tables else {}
+    own = getattr(section, name, None) if name != _plugin_field(type(section)) else None
+    if isinstance(own, ConfigBase):
+        return own
+    table = plugin_tables_of(section).get(name, {})
     if config_class is None:
         if table:
             raise ConfigError(f"{where}.{name} sets {', '.join(sorted(table))}, but {name!r} has "
@@ -319,9 +328,7 @@ def build_settings(cls: type, table: Mapping[str, Any], where: str) -> Any:
             raise _unknown_key(key, known, where)
         try:
             kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-        except ConfigError as exc:
-            if "unsupported type" not in str(exc):
-                raise
+        except _UnsupportedType:
             kwargs[key] = value  # a type the config files cannot spell: passed as given
     try:
         return cls(**kwargs)

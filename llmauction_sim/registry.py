@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from llmauction_sim.config import ConfigError, entry_settings
+from llmauction_sim.config import ConfigError, entry_settings, plugin_tables_of
 
 T = TypeVar("T")
 
@@ -195,17 +195,16 @@ class Registry(Generic[T]):
         """Call the factory of `name` with `args` and `kwargs`, plus ``settings=`` (its config
         class, built from its table ``[<where>.<name>]`` in config `section`) when the entry has a
         config class. Every plugin table in `section` must name a registered entry."""
-        tables = getattr(section, "plugins", {})
-        for table in tables:
+        for table in plugin_tables_of(section):
             try:
-                self.canonical(table)
+                registered = self.canonical(table)
             except Exception as exc:
                 raise ConfigError(f"[{where}.{table}]: a settings table for {self.kind} "
                                   f"{table!r}, which is not registered: {exc}") from None
+            if registered != table:
+                raise ConfigError(f"[{where}.{table}]: {table!r} is an alias; name the table "
+                                  f"[{where}.{registered}]")
         entry = self.entry(name)
-        if entry.name != name and name in tables:
-            raise ConfigError(f"[{where}.{name}]: {name!r} is an alias; name the table "
-                              f"[{where}.{entry.name}]")
         settings = entry_settings(section, entry.name, entry.config_class, where)
         if entry.config_class is not None:
             kwargs["settings"] = settings

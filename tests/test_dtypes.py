@@ -270,3 +270,38 @@ def test_score_options_equal_scoring_each_option(models, tokenizer) -> None:
         assert len(values) == len(opts)
         if opts:
             assert values == pytest.approx(lm.score([p] * len(opts), opts), abs=tol)
+
+
+def test_score_samples_equal_scoring_each_answer_twice(models, tokenizer) -> None:
+    """MOSAIC's one pass (prompt once, answers on its cache, log p and log q from the same logits)
+    == `score` of each answer as a full sequence, untempered and under the sampling settings."""
+    dtype, model, _ = models
+    lm = TransformersLM(model, tokenizer, name=f"tiny-{dtype}", max_batch_size=3)
+    prompts = PROMPTS[:3]
+    answers = [["Try the Summit Trek Boots.", "Yes", ""], ["A tent for two.", "x y z"], ["No."]]
+    params = SamplingParams(temperature=0.7, top_p=0.8, top_k=20)
+    log_p, log_q = lm.score_samples(prompts, answers, params)
+    only_p, none = lm.score_samples(prompts, answers)
+    assert none is None
+    tol = {"float32": 1e-4, "bfloat16": 0.2, "float16": 0.02}[dtype]
+    for chat, texts, p, q, p2 in zip(prompts, answers, log_p, log_q, only_p):
+        assert len(p) == len(q) == len(texts)
+        assert p == pytest.approx(lm.score([chat] * len(texts), texts), abs=tol)
+        assert q == pytest.approx(lm.score([chat] * len(texts), texts, params), abs=tol)
+        assert p2 == pytest.approx(p, abs=tol)
+    assert log_p[0][2] == log_q[0][2] == 0.0  # an empty answer has probability one
+    with pytest.raises(ValueError, match="one list per prompt"):
+        lm.score_samples(prompts, answers[:2])
+
+
+def test_score_samples_falls_back_to_score_for_other_backends() -> None:
+    from llmauction_sim.lm.base import score_samples
+
+    class Scorer:  # a backend with `score` only (vLLM, test doubles)
+        def score(self, prompts, continuations, params=None):
+            return [len(c) + (0.5 if params else 0.0) for c in continuations]
+
+    p, q = score_samples(Scorer(), ["a", "b"], [["xx", "y"], ["zzz"]], SamplingParams())
+    assert [list(v) for v in p] == [[2.0, 1.0], [3.0]]
+    assert [list(v) for v in q] == [[2.5, 1.5], [3.5]]
+    assert score_samples(Scorer(), ["a"], [["xx"]])[1] is None

@@ -23,6 +23,22 @@ QWEN3_4B = ModelShape(layers=36, hidden=2560, intermediate=9728, heads=32, kv_he
 H200 = int(139.8 * GIB)  # what torch reports for one H200
 
 
+@pytest.fixture
+def fake_vllm(monkeypatch) -> list[dict]:
+    """A stand-in `vllm` module whose `LLM` records its keyword arguments in the returned list."""
+    made: list[dict] = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=FakeLLM))
+    return made
+
+
 def paper(*overrides: str) -> RunConfig:
     return RunConfig.load(shipped_config("paper_gpu")).with_overrides(list(overrides))
 
@@ -75,23 +91,14 @@ def test_check_refuses_what_cannot_fit_with_the_numbers() -> None:
     assert check_plan(plan_memory(alone, QWEN3_4B, H200)).training == 0
 
 
-def test_engine_args_and_what_reaches_vllm(monkeypatch) -> None:
+def test_engine_args_and_what_reaches_vllm(fake_vllm) -> None:
     config = paper("vllm.gpu_memory_gib=139.8", "vllm.max_model_len=4096")
     args = vllm_engine_args(config, config.ad_llm, shape=QWEN3_4B)
     plan = plan_memory(config, QWEN3_4B)
     assert args == {"gpu_memory_utilization": plan.gpu_memory_utilization,
                     "max_model_len": 4096}
     assert vllm_engine_args(RunConfig(), RunConfig().ad_llm) is None  # transformers backend
-    made = []
-
-    class FakeLLM:
-        def __init__(self, **kwargs):
-            made.append(kwargs)
-
-        def get_tokenizer(self):
-            return None
-
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=FakeLLM))
+    made = fake_vllm
     from llmauction_sim.lm import vllm as backend
 
     backend._engine.cache_clear()
@@ -105,20 +112,11 @@ def test_engine_args_and_what_reaches_vllm(monkeypatch) -> None:
     assert "gpu_memory_utilization" not in made[1]  # no plan given: vLLM's own defaults
 
 
-def test_load_language_model_sizes_a_vllm_engine_by_the_plan(monkeypatch) -> None:
+def test_load_language_model_sizes_a_vllm_engine_by_the_plan(fake_vllm) -> None:
     from llmauction_sim.lm import vllm as backend
     from llmauction_sim.lm.registry import load_language_model
 
-    made = []
-
-    class FakeLLM:
-        def __init__(self, **kwargs):
-            made.append(kwargs)
-
-        def get_tokenizer(self):
-            return None
-
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=FakeLLM))
+    made = fake_vllm
     config = RunConfig().with_overrides(["ad_llm.backend=vllm", "vllm.gpu_memory_gib=80"])
     backend._engine.cache_clear()
     try:

@@ -103,6 +103,11 @@ def test_the_market_accepts_the_classic_policy_aliases() -> None:
     check_bidding("vm:2,um:2")
     with pytest.raises(ConfigError, match="unknown bid policy 'vx'"):
         check_bidding("vx")
+    # A settings table is named by the registered name, not an alias.
+    tables = RunConfig().with_overrides(["bid_policies.vm.tau=2"]).bid_policies
+    with pytest.raises(ConfigError, match=r"'vm' is an alias; name the table "
+                       r"\[bid_policies.value_maximizer\]"):
+        make_bid_policy("vm", market, 3.0, np.random.default_rng(0), tables)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from llmauction_sim.classic.bidding import (
     default_grid,
     parse_population,
 )
-from llmauction_sim.config import ClassicConfig, ConfigError, RunConfig, ValueConfig
+from llmauction_sim.config import ConfigError, RunConfig, ValueConfig
 from llmauction_sim.manifest import write_json
 from llmauction_sim.runfolder import (
     atomic_parquet,
@@ -294,9 +294,6 @@ def classic_config(config: RunConfig, **flags: Any) -> RunConfig:
     """`config` with the command line's classic settings (`mechanism`, `advertisers`, `rounds`,
     `auctions_per_round`; None = keep the config's) in its `classic` section, checked."""
     given = {k: v for k, v in flags.items() if v is not None}
-    unknown = set(given) - set(ClassicConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"classic_config got unknown settings {sorted(unknown)}")
     config = config.replace(classic=config.classic.replace(**given).to_dict())
     check_classic_mechanism(config.classic.mechanism)
     parse_population(config.classic.advertisers)
